@@ -1,0 +1,21 @@
+"""ClickHouse storage: connection by URI, versioned migrations, row layout and idempotent writes."""
+
+from ._migrations import MIGRATIONS, Migration, current_version, latest_version, migrate
+from ._rows import TABLES, RowBatch, add_event_rows, value_text
+from ._store import Store, StoreURIError
+from ._writer import write_batch
+
+__all__ = [
+    "MIGRATIONS",
+    "TABLES",
+    "Migration",
+    "RowBatch",
+    "Store",
+    "StoreURIError",
+    "add_event_rows",
+    "current_version",
+    "latest_version",
+    "migrate",
+    "value_text",
+    "write_batch",
+]

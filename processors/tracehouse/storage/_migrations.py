@@ -1,0 +1,173 @@
+"""Versioned ClickHouse migrations. The write path never runs DDL; ``tracehouse migrate`` does.
+
+Each migration is a numbered list of idempotent statements. Applied versions are recorded in
+``_tracehouse_migrations``; running ``migrate`` again applies only what is new.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._store import Store
+
+MIGRATIONS_TABLE = "_tracehouse_migrations"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_PART_BY_MONTH = "PARTITION BY toYYYYMM(fromUnixTimestamp64Milli(timestamp_ms))"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "traces, spans, tags, assessments and the sink's batch ledger",
+        (
+            # One row per trace. Identity (user, session) and everything the search grammar filters on
+            # most are promoted to typed columns; the raw metadata is kept in a map. A replayed batch is
+            # dropped by insert_deduplication_token; a duplicate event of the same trace collapses under
+            # ReplacingMergeTree and is hidden from reads by FINAL.
+            f"""
+            CREATE TABLE IF NOT EXISTS traces (
+                trace_id String,
+                experiment_id LowCardinality(String),
+                client_request_id Nullable(String),
+                timestamp_ms Int64,
+                execution_time_ms Int64,
+                state LowCardinality(String),
+                name String,
+                user_id String,
+                session_id String,
+                request_preview String,
+                response_preview String,
+                metadata Map(LowCardinality(String), String),
+                tags Map(LowCardinality(String), String),
+                span_count UInt32,
+                input_tokens UInt64,
+                output_tokens UInt64,
+                total_tokens UInt64,
+                ingested_at DateTime64(3) DEFAULT now64(3),
+                INDEX ix_trace_id trace_id TYPE bloom_filter(0.001) GRANULARITY 1,
+                INDEX ix_session session_id TYPE bloom_filter(0.001) GRANULARITY 1,
+                INDEX ix_client_request client_request_id TYPE bloom_filter(0.01) GRANULARITY 1,
+                INDEX ix_meta_keys mapKeys(metadata) TYPE bloom_filter(0.01) GRANULARITY 1,
+                INDEX ix_meta_values mapValues(metadata) TYPE bloom_filter(0.01) GRANULARITY 1
+            ) ENGINE = ReplacingMergeTree
+            {_PART_BY_MONTH}
+            ORDER BY (experiment_id, user_id, timestamp_ms, trace_id)
+            SETTINGS non_replicated_deduplication_window = 10000
+            """,
+            # One row per span, carrying its trace's identity so span-level reads need no join.
+            f"""
+            CREATE TABLE IF NOT EXISTS spans (
+                trace_id String,
+                span_id String,
+                parent_span_id String,
+                experiment_id LowCardinality(String),
+                user_id String,
+                session_id String,
+                timestamp_ms Int64,
+                name String,
+                span_type LowCardinality(String),
+                status LowCardinality(String),
+                status_message String,
+                start_time_ns Int64,
+                end_time_ns Int64,
+                attributes Map(LowCardinality(String), String),
+                events String,
+                INDEX ix_user user_id TYPE bloom_filter(0.001) GRANULARITY 1,
+                INDEX ix_session session_id TYPE bloom_filter(0.001) GRANULARITY 1
+            ) ENGINE = ReplacingMergeTree
+            {_PART_BY_MONTH}
+            ORDER BY (experiment_id, trace_id, span_id)
+            SETTINGS non_replicated_deduplication_window = 10000
+            """,
+            # Mutable tags: an upsert log keyed by (trace, key). The newest version wins; a delete is a
+            # row with is_deleted = 1, which FINAL hides.
+            """
+            CREATE TABLE IF NOT EXISTS trace_tags (
+                trace_id String,
+                key String,
+                value String,
+                version UInt64,
+                is_deleted UInt8
+            ) ENGINE = ReplacingMergeTree(version, is_deleted)
+            ORDER BY (trace_id, key)
+            SETTINGS non_replicated_deduplication_window = 10000
+            """,
+            # Feedback and expectations. value is the JSON value; value_text is the string form the
+            # filter grammar compares (strings unquoted, true/false/numbers as JSON).
+            """
+            CREATE TABLE IF NOT EXISTS assessments (
+                assessment_id String,
+                trace_id String,
+                session_id String,
+                name String,
+                kind LowCardinality(String),
+                value String,
+                value_text String,
+                source_type LowCardinality(String),
+                source_id String,
+                rationale Nullable(String),
+                valid UInt8,
+                metadata Map(String, String),
+                create_time_ms Int64,
+                version UInt64,
+                is_deleted UInt8
+            ) ENGINE = ReplacingMergeTree(version, is_deleted)
+            ORDER BY (trace_id, assessment_id)
+            SETTINGS non_replicated_deduplication_window = 10000
+            """,
+            # The sink's ledger: which offsets each batch covered, written before the batch's inserts,
+            # so a batch replayed after a crash is rebuilt with the same bounds and the same
+            # deduplication token.
+            """
+            CREATE TABLE IF NOT EXISTS _sink_batches (
+                consumer_group String,
+                topic String,
+                partition UInt32,
+                first_offset Int64,
+                last_offset Int64,
+                created_at DateTime64(3) DEFAULT now64(3)
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (consumer_group, topic, partition, first_offset)
+            TTL toDateTime(created_at) + INTERVAL 7 DAY
+            """,
+        ),
+    ),
+)
+
+
+def applied_versions(store: Store) -> set[int]:
+    store.command(
+        f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} "
+        "(version UInt32, name String, applied_at DateTime64(3) DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    return {int(r[0]) for r in store.query(f"SELECT version FROM {MIGRATIONS_TABLE} FINAL")}
+
+
+def migrate(store: Store) -> list[Migration]:
+    """Apply every migration not yet applied, in order. Returns those applied now."""
+    done = applied_versions(store)
+    applied: list[Migration] = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            store.command(statement)
+        store.insert(MIGRATIONS_TABLE, [(migration.version, migration.name)], ["version", "name"])
+        applied.append(migration)
+    return applied
+
+
+def current_version(store: Store) -> int:
+    return max(applied_versions(store), default=0)
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1].version

@@ -1,0 +1,159 @@
+"""Turn validated events into ClickHouse rows. Pure functions: no I/O, easy to test.
+
+Identity (``user_id``, ``session_id``) is resolved here once per trace and copied onto every span row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from tracehouse.schemas import (
+    SPAN_TOKEN_USAGE,
+    TRACE_NAME_TAG,
+    TRACE_TOKEN_USAGE,
+    AssessmentEvent,
+    Event,
+    TagDeleteEvent,
+    TagSetEvent,
+    TraceEvent,
+    resolve_identity,
+)
+
+TRACE_COLUMNS: Final = (
+    "trace_id", "experiment_id", "client_request_id", "timestamp_ms", "execution_time_ms", "state",
+    "name", "user_id", "session_id", "request_preview", "response_preview", "metadata", "tags",
+    "span_count", "input_tokens", "output_tokens", "total_tokens",
+)  # fmt: skip
+SPAN_COLUMNS: Final = (
+    "trace_id", "span_id", "parent_span_id", "experiment_id", "user_id", "session_id", "timestamp_ms",
+    "name", "span_type", "status", "status_message", "start_time_ns", "end_time_ns", "attributes", "events",
+)  # fmt: skip
+TAG_COLUMNS: Final = ("trace_id", "key", "value", "version", "is_deleted")
+ASSESSMENT_COLUMNS: Final = (
+    "assessment_id", "trace_id", "session_id", "name", "kind", "value", "value_text", "source_type",
+    "source_id", "rationale", "valid", "metadata", "create_time_ms", "version", "is_deleted",
+)  # fmt: skip
+
+#: Which table each row kind goes to, and its columns.
+TABLES: Final[dict[str, tuple[str, ...]]] = {
+    "traces": TRACE_COLUMNS,
+    "spans": SPAN_COLUMNS,
+    "trace_tags": TAG_COLUMNS,
+    "assessments": ASSESSMENT_COLUMNS,
+}
+
+
+@dataclass(slots=True)
+class RowBatch:
+    """Rows bound for each table, in the column order of :data:`TABLES`."""
+
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {t: [] for t in TABLES})
+
+    def add(self, event: Event) -> None:
+        add_event_rows(self, event)
+
+    def extend(self, other: RowBatch) -> None:
+        for table, rows in other.rows.items():
+            self.rows[table].extend(rows)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+
+def _json_value(value: Any) -> str:
+    """Attribute values are stored as JSON text, as MLflow's span attributes are."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
+
+
+def value_text(value: Any) -> str:
+    """The string form the filter grammar compares: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else _json_value(value)
+
+
+def _tokens(event: TraceEvent) -> tuple[int, int, int]:
+    raw: Any = event.metadata.get(TRACE_TOKEN_USAGE)
+    usages: list[Mapping[str, Any]] = []
+    if raw:
+        try:
+            parsed = orjson.loads(raw)
+            if isinstance(parsed, dict):
+                usages.append(parsed)
+        except orjson.JSONDecodeError:
+            pass
+    if not usages:
+        usages = [
+            u for s in event.spans if isinstance(u := s.attributes.get(SPAN_TOKEN_USAGE), dict)
+        ]
+    totals = [0, 0, 0]
+    for usage in usages:
+        for i, key in enumerate(("input_tokens", "output_tokens", "total_tokens")):
+            v = usage.get(key)
+            if isinstance(v, int) and v >= 0:
+                totals[i] += v
+    if not totals[2]:
+        totals[2] = totals[0] + totals[1]
+    return totals[0], totals[1], totals[2]
+
+
+def root_span_name(event: TraceEvent) -> str:
+    for span in event.spans:
+        if span.parent_span_id is None:
+            return span.name
+    return event.tags.get(TRACE_NAME_TAG, "")
+
+
+def add_event_rows(batch: RowBatch, event: Event) -> None:
+    """Append the rows one event produces to ``batch``."""
+    if isinstance(event, TraceEvent):
+        _add_trace(batch, event)
+    elif isinstance(event, TagSetEvent):
+        batch.rows["trace_tags"].append((event.trace_id, event.key, event.value, event.timestamp_ns, 0))
+    elif isinstance(event, TagDeleteEvent):
+        batch.rows["trace_tags"].append((event.trace_id, event.key, "", event.timestamp_ns, 1))
+    elif isinstance(event, AssessmentEvent):
+        batch.rows["assessments"].append(
+            (
+                event.assessment_id, event.trace_id, event.session_id or "", event.name, event.kind,
+                _json_value(event.value), value_text(event.value), event.source.source_type,
+                event.source.source_id, event.rationale, int(event.valid), dict(event.metadata),
+                event.create_time_ms, event.create_time_ms, 0,
+            )  # fmt: skip
+        )
+
+
+def _add_trace(batch: RowBatch, event: TraceEvent) -> None:
+    root = next((s for s in event.spans if s.parent_span_id is None), None)
+    user, session = resolve_identity(event.metadata, root.attributes if root else None)
+    user_id, session_id = user or "", session or ""
+    name = root.name if root else event.tags.get(TRACE_NAME_TAG, "")
+    tags = dict(event.tags)
+    if name and TRACE_NAME_TAG not in tags:
+        tags[TRACE_NAME_TAG] = name
+    inp, out, total = _tokens(event)
+    batch.rows["traces"].append(
+        (
+            event.trace_id, event.experiment_id, event.client_request_id, event.timestamp_ms,
+            event.execution_time_ms, event.state, name, user_id, session_id, event.request_preview,
+            event.response_preview, dict(event.metadata), tags, len(event.spans), inp, out, total,
+        )  # fmt: skip
+    )
+    for span in event.spans:
+        batch.rows["spans"].append(
+            (
+                event.trace_id, span.span_id, span.parent_span_id or "", event.experiment_id, user_id,
+                session_id, event.timestamp_ms, span.name, span.span_type, span.status,
+                span.status_message, span.start_time_ns, span.end_time_ns,
+                {k: _json_value(v) for k, v in span.attributes.items()},
+                orjson.dumps([{"name": e.name, "timestamp_ns": e.timestamp_ns, "attributes": e.attributes}
+                              for e in span.events], default=str).decode() if span.events else "[]",
+            )  # fmt: skip
+        )
+    # Tags logged with the trace are the first version of each tag; later tag events supersede them.
+    version = event.timestamp_ms * 1_000_000
+    tag_rows = batch.rows["trace_tags"]
+    for key, value in tags.items():
+        tag_rows.append((event.trace_id, key, value, version, 0))

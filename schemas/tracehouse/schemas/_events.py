@@ -1,0 +1,118 @@
+"""The versioned event contracts (schema version 1).
+
+Every event is one JSON object with a ``type`` discriminator. Producers encode with orjson; the
+processors decode with msgspec, which validates types, patterns and bounds in the same pass.
+
+* ``trace``: one finished trace with its immutable metadata and all its spans.
+* ``tag_set`` / ``tag_delete``: a mutable tag of a trace, versioned by ``timestamp_ns``.
+* ``assessment``: feedback or an expectation on a trace (or a session).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+
+TRACE_ID_PATTERN: Final = r"^tr-[0-9a-f]{32}$"
+SPAN_ID_PATTERN: Final = r"^[0-9a-f]{16}$"
+
+TraceId = Annotated[str, msgspec.Meta(pattern=TRACE_ID_PATTERN, description="'tr-' + 32 lowercase hex")]
+SpanId = Annotated[str, msgspec.Meta(pattern=SPAN_ID_PATTERN, description="16 lowercase hex")]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=250)]
+ShortText = Annotated[str, msgspec.Meta(max_length=1000)]
+TagValue = Annotated[str, msgspec.Meta(max_length=8000)]
+UnixNanos = Annotated[int, msgspec.Meta(ge=0)]
+UnixMillis = Annotated[int, msgspec.Meta(ge=0)]
+ExperimentId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+TraceState = Literal["OK", "ERROR", "IN_PROGRESS"]
+SpanStatus = Literal["OK", "ERROR", "UNSET"]
+
+
+class SpanEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A point-in-time event inside a span, e.g. ``exception``."""
+
+    name: ShortText
+    timestamp_ns: UnixNanos
+    attributes: dict[str, Any] = {}
+
+
+class Span(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One span. Inputs and outputs live in ``attributes`` under ``mlflow.spanInputs`` /
+    ``mlflow.spanOutputs`` as JSON values, as in MLflow."""
+
+    span_id: SpanId
+    name: ShortText
+    start_time_ns: UnixNanos
+    end_time_ns: UnixNanos
+    parent_span_id: SpanId | None = None
+    span_type: Annotated[str, msgspec.Meta(max_length=64)] = "UNKNOWN"
+    status: SpanStatus = "OK"
+    status_message: ShortText = ""
+    attributes: dict[str, Any] = {}
+    events: list[SpanEvent] = []
+
+
+class TraceEvent(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag="trace"):
+    """A finished trace. Its metadata is immutable: later events cannot change it."""
+
+    trace_id: TraceId
+    timestamp_ms: UnixMillis
+    execution_time_ms: Annotated[int, msgspec.Meta(ge=0)]
+    state: TraceState
+    experiment_id: ExperimentId = "0"
+    client_request_id: Annotated[str, msgspec.Meta(max_length=250)] | None = None
+    request_preview: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
+    response_preview: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
+    metadata: dict[Key, TagValue] = {}
+    tags: dict[Key, TagValue] = {}
+    spans: list[Span] = []
+    schema_version: Literal[1] = 1
+
+
+class TagSetEvent(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag="tag_set"):
+    """Set a mutable tag. The newest ``timestamp_ns`` wins."""
+
+    trace_id: TraceId
+    key: Key
+    value: TagValue
+    timestamp_ns: UnixNanos
+    schema_version: Literal[1] = 1
+
+
+class TagDeleteEvent(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag="tag_delete"):
+    """Delete a mutable tag. The newest ``timestamp_ns`` wins."""
+
+    trace_id: TraceId
+    key: Key
+    timestamp_ns: UnixNanos
+    schema_version: Literal[1] = 1
+
+
+class AssessmentSource(msgspec.Struct, frozen=True, omit_defaults=True):
+    source_type: Literal["HUMAN", "LLM_JUDGE", "CODE", "SOURCE_TYPE_UNSPECIFIED"] = "CODE"
+    source_id: Annotated[str, msgspec.Meta(max_length=250)] = "default"
+
+
+class AssessmentEvent(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag="assessment"):
+    """Feedback or an expectation about a trace. ``value`` is any JSON value."""
+
+    assessment_id: Annotated[str, msgspec.Meta(pattern=r"^a-[0-9a-f]{32}$")]
+    trace_id: TraceId
+    name: Key
+    kind: Literal["feedback", "expectation"]
+    value: Any
+    create_time_ms: UnixMillis
+    source: AssessmentSource = AssessmentSource()
+    rationale: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
+    session_id: Annotated[str, msgspec.Meta(max_length=250)] | None = None
+    valid: bool = True
+    metadata: dict[Key, TagValue] = {}
+    schema_version: Literal[1] = 1
+
+
+Event = TraceEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent
+EVENT_TYPES: Final = (TraceEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent)
