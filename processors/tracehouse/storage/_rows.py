@@ -121,7 +121,7 @@ def add_event_rows(batch: RowBatch, event: Event) -> None:
                 _json_value(event.value), value_text(event.value), event.source.source_type,
                 event.source.source_id, event.rationale, int(event.valid), dict(event.metadata),
                 event.create_time_ms, event.create_time_ms, 0,
-            )  # fmt: skip
+            )
         )
 
 
@@ -139,7 +139,7 @@ def _add_trace(batch: RowBatch, event: TraceEvent) -> None:
             event.trace_id, event.experiment_id, event.client_request_id, event.timestamp_ms,
             event.execution_time_ms, event.state, name, user_id, session_id, event.request_preview,
             event.response_preview, dict(event.metadata), tags, len(event.spans), inp, out, total,
-        )  # fmt: skip
+        )
     )
     for span in event.spans:
         batch.rows["spans"].append(
@@ -150,7 +150,7 @@ def _add_trace(batch: RowBatch, event: TraceEvent) -> None:
                 {k: _json_value(v) for k, v in span.attributes.items()},
                 orjson.dumps([{"name": e.name, "timestamp_ns": e.timestamp_ns, "attributes": e.attributes}
                               for e in span.events], default=str).decode() if span.events else "[]",
-            )  # fmt: skip
+            )
         )
     # Tags logged with the trace are the first version of each tag; later tag events supersede them.
     version = event.timestamp_ms * 1_000_000

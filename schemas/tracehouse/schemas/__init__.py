@@ -12,7 +12,6 @@ from ._codec import (
     envelope_headers,
     split_envelope,
 )
-from ._examples import example, invalid_examples
 from ._events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
@@ -27,6 +26,7 @@ from ._events import (
     TagSetEvent,
     TraceEvent,
 )
+from ._examples import example, invalid_examples
 from ._keys import (
     IMMUTABLE_TAGS,
     SESSION_KEYS,
@@ -80,8 +80,8 @@ __all__ = [
     "SpanEvent",
     "TagDeleteEvent",
     "TagSetEvent",
-    "TraceEvent",
     "Topics",
+    "TraceEvent",
     "decode_event",
     "encode_envelope",
     "encode_event",
@@ -89,4 +89,5 @@ __all__ = [
     "example",
     "invalid_examples",
     "resolve_identity",
+    "split_envelope",
 ]

@@ -23,7 +23,7 @@ HEADER_SCHEMA: Final = "th-schema"
 HEADER_COUNT: Final = "th-count"
 FORMAT_NDJSON: Final = b"ndjson"
 
-_decoder: Final = msgspec.json.Decoder(Event)
+_decoder: Final[msgspec.json.Decoder[Event]] = msgspec.json.Decoder(Event)
 
 
 class EventDecodeError(ValueError):
@@ -61,8 +61,9 @@ def split_envelope(value: bytes) -> Iterator[bytes]:
 def decode_event(line: bytes) -> Event:
     """Decode and validate one event, raising :class:`EventDecodeError` with a precise reason."""
     try:
-        return _decoder.decode(line)
+        event: Event = _decoder.decode(line)
     except msgspec.ValidationError as exc:
         raise EventDecodeError(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:
         raise EventDecodeError(f"undecodable event: {exc}") from None
+    return event
