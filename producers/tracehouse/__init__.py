@@ -9,3 +9,79 @@ socket or file exists until the SDK publishes its first event or a client is cre
 """
 
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
+
+from typing import Any
+
+from tracehouse.producers import (
+    AssessmentSource,
+    AssessmentSourceType,
+    ImmutableMetadataError,
+    LiveSpan,
+    NoOpSpan,
+    PublisherStats,
+    SpanScope,
+    SpanType,
+    TracehouseConfig,
+    TracehouseMiddleware,
+    configure,
+    delete_trace_tag,
+    flush,
+    get_config,
+    get_current_active_span,
+    get_last_active_trace_id,
+    log_expectation,
+    log_feedback,
+    set_trace_tag,
+    shutdown,
+    start_span,
+    stats,
+    trace,
+    update_current_trace,
+)
+
+_LAZY_QUERY = ("TraceClient", "search_traces")
+
+
+def __getattr__(name: str) -> Any:
+    """``TraceClient`` and ``search_traces`` come from ``tracehouse.query``, imported on first use."""
+    if name in _LAZY_QUERY:
+        import importlib
+
+        value = getattr(importlib.import_module("tracehouse.query"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tracehouse' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_QUERY))
+
+
+__all__ = [
+    "AssessmentSource",
+    "AssessmentSourceType",
+    "ImmutableMetadataError",
+    "LiveSpan",
+    "NoOpSpan",
+    "PublisherStats",
+    "SpanScope",
+    "SpanType",
+    "TraceClient",
+    "TracehouseConfig",
+    "TracehouseMiddleware",
+    "configure",
+    "delete_trace_tag",
+    "flush",
+    "get_config",
+    "get_current_active_span",
+    "get_last_active_trace_id",
+    "log_expectation",
+    "log_feedback",
+    "search_traces",
+    "set_trace_tag",
+    "shutdown",
+    "start_span",
+    "stats",
+    "trace",
+    "update_current_trace",
+]

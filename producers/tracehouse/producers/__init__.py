@@ -1,1 +1,64 @@
-"""placeholder"""
+"""The tracehouse tracing SDK: MLflow-style tracing of GenAI apps, published to Kafka.
+
+::
+
+    import tracehouse
+
+    @tracehouse.trace
+    def chat_completion(user_id: str, session_id: str, message: str) -> str:
+        tracehouse.update_current_trace(
+            metadata={"mlflow.trace.user": user_id, "mlflow.trace.session": session_id},
+            client_request_id="req-abc-123", tags={"env": "prod"})
+        with tracehouse.start_span("retrieve", span_type="RETRIEVER") as span:
+            ...
+        return generate_response(message)
+
+Importing starts nothing. The configuration (``TRACEHOUSE_*`` environment variables or
+:func:`configure`) is resolved on the first traced call; the publisher thread starts with the first
+finished trace. Tracing never raises into the application; explicit misuse of the tag and feedback
+APIs does (:class:`ImmutableMetadataError`, :class:`ValueError`).
+"""
+
+from ._api import (
+    SpanScope,
+    get_current_active_span,
+    get_last_active_trace_id,
+    start_span,
+    update_current_trace,
+)
+from ._config import TracehouseConfig
+from ._decorator import trace
+from ._errors import ImmutableMetadataError
+from ._feedback import AssessmentSource, AssessmentSourceType, log_expectation, log_feedback
+from ._lifecycle import configure, flush, get_config, shutdown, stats
+from ._middleware import TracehouseMiddleware
+from ._sinks import PublisherStats
+from ._span import LiveSpan, NoOpSpan, SpanType
+from ._tags import delete_trace_tag, set_trace_tag
+
+__all__ = [
+    "AssessmentSource",
+    "AssessmentSourceType",
+    "ImmutableMetadataError",
+    "LiveSpan",
+    "NoOpSpan",
+    "PublisherStats",
+    "SpanScope",
+    "SpanType",
+    "TracehouseConfig",
+    "TracehouseMiddleware",
+    "configure",
+    "delete_trace_tag",
+    "flush",
+    "get_config",
+    "get_current_active_span",
+    "get_last_active_trace_id",
+    "log_expectation",
+    "log_feedback",
+    "set_trace_tag",
+    "shutdown",
+    "start_span",
+    "stats",
+    "trace",
+    "update_current_trace",
+]

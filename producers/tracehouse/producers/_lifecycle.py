@@ -1,0 +1,79 @@
+"""``configure``, ``get_config``, ``flush``, ``shutdown``, ``stats``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._config import Exporter, TracehouseConfig
+from ._runtime import RUNTIME
+from ._sinks import PublisherStats
+
+
+def configure(
+    *,
+    kafka_bootstrap: str | None = None,
+    experiment_id: str | None = None,
+    topic_prefix: str | None = None,
+    enabled: bool | None = None,
+    buffer_size: int | None = None,
+    linger_ms: float | None = None,
+    max_envelope_bytes: int | None = None,
+    max_payload_chars: int | None = None,
+    max_payload_items: int | None = None,
+    shutdown_timeout: float | None = None,
+    kafka_options: Mapping[str, Any] | None = None,
+    exporter: Exporter | None = None,
+) -> TracehouseConfig:
+    """(Re)configure the SDK and return the resolved :class:`TracehouseConfig`.
+
+    Each value comes from its argument if given, else from its ``TRACEHOUSE_*`` environment variable,
+    else from the default (arguments of earlier ``configure`` calls are not kept). Calling it is
+    optional: the first traced call resolves the environment on its own. Calling it again flushes and
+    stops the current publisher (up to its ``shutdown_timeout``) before switching; counters restart.
+
+    ``exporter``: a callable receiving each finished event dict synchronously instead of Kafka (for
+    tests; see :mod:`tracehouse.producers.testing`). Raises :class:`ValueError` on invalid values.
+    """
+    given = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "experiment_id": experiment_id,
+        "topic_prefix": topic_prefix,
+        "enabled": enabled,
+        "buffer_size": buffer_size,
+        "linger_ms": linger_ms,
+        "max_envelope_bytes": max_envelope_bytes,
+        "max_payload_chars": max_payload_chars,
+        "max_payload_items": max_payload_items,
+        "shutdown_timeout": shutdown_timeout,
+        "kafka_options": kafka_options,
+        "exporter": exporter,
+    }
+    return RUNTIME.configure({k: v for k, v in given.items() if v is not None})
+
+
+def get_config() -> TracehouseConfig:
+    """The active configuration (resolved from the environment if ``configure`` was never called)."""
+    return RUNTIME.ensure()
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Block until every event recorded before the call has been acknowledged by Kafka (or given up
+    on: see :func:`stats`). Returns ``False`` if ``timeout`` seconds passed first (e.g. the broker is
+    unreachable); ``None`` waits without limit. Starts nothing when nothing was recorded."""
+    return RUNTIME.flush(timeout)
+
+
+def shutdown(timeout: float | None = 5.0) -> bool:
+    """Flush (up to ``timeout`` seconds), then stop the publisher thread and its Kafka producer.
+
+    Events recorded afterwards are dropped until :func:`configure` is called again. Runs
+    automatically at interpreter exit once something was published. Returns ``True`` if the flush
+    completed."""
+    return RUNTIME.shutdown(timeout)
+
+
+def stats() -> PublisherStats:
+    """Event counters of the current publisher: accepted, published (acknowledged), dropped (buffer
+    full / after shutdown), failed (given up on), buffered (pending)."""
+    return RUNTIME.stats()

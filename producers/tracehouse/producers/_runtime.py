@@ -1,0 +1,136 @@
+"""The process-wide SDK state: the active configuration and the sink events go to.
+
+Resolved lazily on the first traced call (never at import), replaced by ``configure()``. The Kafka
+publisher starts its thread on its first event; only then are the ``atexit`` flush and the
+``os.register_at_fork`` reset installed (once per process).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._config import TracehouseConfig, resolve_config
+from ._serialize import set_limits
+from ._sinks import ExporterSink, NullSink, PublisherStats, Sink
+
+if TYPE_CHECKING:
+    from ._trace import TraceState
+
+_log = logging.getLogger("tracehouse")
+
+
+class Runtime:
+    """Holds the configuration and the sink. One instance: :data:`RUNTIME`."""
+
+    __slots__ = ("_hooks_installed", "_lock", "config", "enabled", "sink")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        #: ``None`` until resolved (first traced call or ``configure()``).
+        self.config: TracehouseConfig | None = None
+        #: Hot-path flag: ``None`` until resolved.
+        self.enabled: bool | None = None
+        self.sink: Sink | None = None
+        self._hooks_installed = False
+
+    def ensure(self) -> TracehouseConfig:
+        """The configuration, resolved from the environment on first use. Never raises."""
+        config = self.config
+        if config is not None:
+            return config
+        with self._lock:
+            if self.config is None:
+                try:
+                    config = resolve_config()
+                except Exception:  # pragma: no cover - resolve_config only raises on bad overrides
+                    _log.warning(
+                        "tracehouse: could not read the configuration; using defaults", exc_info=True
+                    )
+                    config = TracehouseConfig()
+                self._install(config)
+            assert self.config is not None
+            return self.config
+
+    def configure(self, overrides: Mapping[str, Any]) -> TracehouseConfig:
+        """Resolve a new configuration and switch to it, flushing and stopping the old sink first."""
+        config = resolve_config(overrides)
+        with self._lock:
+            old, old_config = self.sink, self.config
+            if old is not None:
+                old.shutdown(old_config.shutdown_timeout if old_config is not None else 5.0)
+            self._install(config)
+        return config
+
+    def _install(self, config: TracehouseConfig) -> None:
+        set_limits(config.max_payload_chars, config.max_payload_items)
+        self.sink = self._make_sink(config)
+        self.config = config
+        self.enabled = config.enabled
+
+    def _make_sink(self, config: TracehouseConfig) -> Sink:
+        if not config.enabled:
+            return NullSink()
+        if config.exporter is not None:
+            return ExporterSink(config.exporter)
+        from ._publisher import KafkaPublisher
+
+        return KafkaPublisher(config, on_start=self._publisher_started)
+
+    # -- used by the API -----------------------------------------------------------------------------
+
+    def submit(self, item: dict[str, Any] | TraceState) -> None:
+        """Hand one event to the sink. Never raises."""
+        sink = self.sink
+        if sink is None:
+            self.ensure()
+            sink = self.sink
+        if sink is not None:
+            sink.submit(item)
+
+    def flush(self, timeout: float | None) -> bool:
+        sink = self.sink
+        return True if sink is None else sink.flush(timeout)
+
+    def shutdown(self, timeout: float | None) -> bool:
+        with self._lock:
+            sink = self.sink
+        return True if sink is None else sink.shutdown(timeout)
+
+    def stats(self) -> PublisherStats:
+        sink = self.sink
+        return PublisherStats() if sink is None else sink.stats()
+
+    # -- process hooks -------------------------------------------------------------------------------
+
+    def _publisher_started(self) -> None:
+        with self._lock:
+            if self._hooks_installed:
+                return
+            self._hooks_installed = True
+        atexit.register(self._at_exit)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _at_exit(self) -> None:
+        config, sink = self.config, self.sink
+        if sink is not None:
+            try:
+                sink.shutdown(config.shutdown_timeout if config is not None else 5.0)
+            except Exception:  # pragma: no cover
+                _log.debug("tracehouse: shutdown at exit failed", exc_info=True)
+
+    def _after_fork_in_child(self) -> None:
+        """The child has no publisher thread: give it a fresh, unstarted sink. Events still buffered
+        belong to the parent, which publishes them."""
+        self._lock = threading.RLock()
+        config = self.config
+        if config is not None and self.sink is not None:
+            self.sink = self._make_sink(config)
+
+
+RUNTIME = Runtime()
