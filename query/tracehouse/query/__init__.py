@@ -1,1 +1,65 @@
-"""placeholder"""
+"""Query traces: MLflow's search grammar compiled to parameterised ClickHouse SQL, MLflow-shaped
+trace objects, per-user and per-session analysis, and DataFrames.
+
+>>> reader = TraceReader(store)
+>>> page = reader.search_traces(filter_string="metadata.`mlflow.trace.user` = 'u1'",
+...                             order_by=["timestamp ASC"])
+>>> [t.info.trace_id for t in page.traces], page.next_page_token
+"""
+
+from ._analysis import SessionTimeline, SessionTurn, UserSummary, session_timeline, user_summary
+from ._assessment import Assessment, AssessmentSource
+from ._compile import filter_to_sql
+from ._dataframe import DATAFRAME_COLUMNS, traces_to_dataframe
+from ._entities import Trace, TraceData, TraceInfo, TraceMetadata, TraceState, TraceStatus
+from ._errors import (
+    INVALID_PARAMETER_VALUE,
+    ImmutableMetadataError,
+    InvalidFilterError,
+    InvalidOrderByError,
+    InvalidPageTokenError,
+    InvalidParameterError,
+)
+from ._filter import Comparison, parse_filter
+from ._grammar import Entity
+from ._order import OrderKey, parse_order_by
+from ._paging import MAX_PAGE_SIZE
+from ._reader import TracePage, TraceReader, collect_traces
+from ._span import Span, SpanEvent, SpanStatusCode
+
+__all__ = [
+    "DATAFRAME_COLUMNS",
+    "INVALID_PARAMETER_VALUE",
+    "MAX_PAGE_SIZE",
+    "Assessment",
+    "AssessmentSource",
+    "Comparison",
+    "Entity",
+    "ImmutableMetadataError",
+    "InvalidFilterError",
+    "InvalidOrderByError",
+    "InvalidPageTokenError",
+    "InvalidParameterError",
+    "OrderKey",
+    "SessionTimeline",
+    "SessionTurn",
+    "Span",
+    "SpanEvent",
+    "SpanStatusCode",
+    "Trace",
+    "TraceData",
+    "TraceInfo",
+    "TraceMetadata",
+    "TracePage",
+    "TraceReader",
+    "TraceState",
+    "TraceStatus",
+    "UserSummary",
+    "collect_traces",
+    "filter_to_sql",
+    "parse_filter",
+    "parse_order_by",
+    "session_timeline",
+    "traces_to_dataframe",
+    "user_summary",
+]

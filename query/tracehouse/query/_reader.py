@@ -1,0 +1,217 @@
+"""Read traces from ClickHouse: MLflow-compatible search with keyset pages, and get by id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracehouse.storage import Store
+
+from ._analysis import SessionTimeline, UserSummary, session_timeline, user_summary
+from ._compile import compile_filter
+from ._entities import Trace, TraceData, TraceInfo
+from ._errors import InvalidFilterError
+from ._filter import Comparison, parse_filter
+from ._hydrate import TRACE_SELECT, info_from_row, read_assessments, read_spans, read_tags
+from ._order import keyset_predicate, order_by_sql, parse_order_by, sort_columns
+from ._paging import MAX_PAGE_SIZE, decode_page_token, encode_page_token, fingerprint, page_size
+from ._params import Params
+
+
+@dataclass(frozen=True, slots=True)
+class TracePage:
+    """One page of a search. ``next_page_token`` is set whenever the page is full (MLflow's rule),
+    so the last page may be empty."""
+
+    traces: list[Trace] = field(default_factory=list)
+    next_page_token: str | None = None
+
+    def __iter__(self) -> Iterator[Trace]:
+        return iter(self.traces)
+
+    def __len__(self) -> int:
+        return len(self.traces)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The SearchTracesV3 response body: ``{"traces": [TraceInfoV3...], "next_page_token": ...}``."""
+        d: dict[str, Any] = {}
+        if self.traces:
+            d["traces"] = [t.info.to_dict() for t in self.traces]
+        if self.next_page_token:
+            d["next_page_token"] = self.next_page_token
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TracePage:
+        return cls(traces=[Trace(TraceInfo.from_dict(i)) for i in d.get("traces") or []],
+                   next_page_token=d.get("next_page_token") or None)
+
+
+def _regex_error(exc: Exception, comparisons: Sequence[Comparison]) -> InvalidFilterError | None:
+    text = str(exc)
+    if "re2" not in text and "CANNOT_COMPILE_REGEXP" not in text and "Code: 427" not in text:
+        return None
+    rlike = next((c for c in comparisons if c.comparator == "RLIKE"), None)
+    reason = text.split("DB::Exception:", 1)[-1].strip().split(". Look at", 1)[0]
+    return InvalidFilterError(f"Invalid regular expression in filter string: {reason}",
+                              position=rlike.position if rlike else None)
+
+
+class TraceReader:
+    """Searches and reads traces of a :class:`~tracehouse.storage.Store`.
+
+    All reads use ``FINAL`` and parameterised SQL; a page costs one query for the traces plus one each
+    for their tags, assessments and (if asked) spans.
+    """
+
+    #: Most traces one :meth:`search_traces` call returns; larger ``max_results`` are capped.
+    MAX_PAGE_SIZE = MAX_PAGE_SIZE
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _query(self, sql: str, params: dict[str, Any], comparisons: Sequence[Comparison] = ()
+               ) -> list[tuple[Any, ...]]:
+        try:
+            return self.store.query(sql, params)
+        except Exception as exc:
+            error = _regex_error(exc, comparisons)
+            if error is not None:
+                raise error from exc
+            raise
+
+    def search_traces(
+        self,
+        experiment_ids: Sequence[str] | None = None,
+        filter_string: str | None = None,
+        max_results: int = 100,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+        include_spans: bool = True,
+    ) -> TracePage:
+        """One page of traces matching ``filter_string`` (MLflow's grammar) in ``experiment_ids``
+        (all experiments when None or empty), ordered by ``order_by`` (newest first by default).
+
+        ``max_results`` is capped at 500; pass the returned ``next_page_token`` back (with the same
+        other arguments) for the next page. Raises :class:`InvalidFilterError`,
+        :class:`InvalidOrderByError`, :class:`InvalidPageTokenError` or :class:`InvalidParameterError`
+        on bad input.
+        """
+        limit = page_size(max_results)
+        comparisons = parse_filter(filter_string)
+        keys = parse_order_by(order_by)
+        experiments = sorted(set(experiment_ids)) if experiment_ids else None
+        orders = [order_by] if isinstance(order_by, str) else list(order_by or [])
+        search = fingerprint("traces", experiments, (filter_string or "").strip(), orders)
+
+        params = Params()
+        where: list[str] = []
+        scope = None
+        if experiments:
+            scope = params.add(experiments, "Array(String)")
+            where.append(f"t.experiment_id IN {scope}")
+        where.extend(compile_filter(comparisons, params, scope))
+        columns, joins = sort_columns(keys, params)
+        types = [int if c.ch_type != "String" else str for c in columns]
+        if page_token:
+            body = decode_page_token(page_token, search, types)
+            where.append(keyset_predicate(columns, body["k"], params))
+        select = ", ".join([TRACE_SELECT, *(f"{c.expr} AS _s{i}" for i, c in enumerate(columns))])
+        sql = (
+            f"SELECT {select} FROM traces AS t FINAL {' '.join(joins)} "
+            f"WHERE {' AND '.join(where) or '1'} "
+            f"ORDER BY {order_by_sql(columns)} LIMIT 1 BY t.trace_id LIMIT {int(limit)}"
+        )
+        rows = self._query(sql, params.values, comparisons)
+        traces = self._complete(rows, include_spans)
+        next_token = None
+        if len(rows) == limit:
+            key = list(rows[-1][-len(columns):])
+            next_token = encode_page_token(key, search)
+        return TracePage(traces=traces, next_page_token=next_token)
+
+    def iter_traces(
+        self,
+        experiment_ids: Sequence[str] | None = None,
+        filter_string: str | None = None,
+        order_by: Sequence[str] | None = None,
+        include_spans: bool = True,
+        batch_size: int = MAX_PAGE_SIZE,
+    ) -> Iterator[Trace]:
+        """Every matching trace, page by page (lazily; memory bounded by one page)."""
+        token: str | None = None
+        while True:
+            page = self.search_traces(experiment_ids, filter_string, batch_size, order_by, token,
+                                      include_spans)
+            yield from page.traces
+            token = page.next_page_token
+            if not token:
+                return
+
+    def _complete(self, rows: Sequence[Sequence[Any]], include_spans: bool) -> list[Trace]:
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        tags = read_tags(self.store, ids)
+        assessments = read_assessments(self.store, ids)
+        spans = read_spans(self.store, ids, [r[1] for r in rows]) if include_spans else {}
+        return [
+            Trace(
+                info=info_from_row(r, tags=tags.get(r[0], {}), assessments=assessments.get(r[0], [])),
+                data=TraceData(spans=spans.get(r[0], [])),
+            )
+            for r in rows
+        ]
+
+    def get_traces(self, trace_ids: Sequence[str], include_spans: bool = True) -> list[Trace]:
+        """The traces with these ids, in the order given; unknown ids are skipped."""
+        ids = list(dict.fromkeys(trace_ids))
+        if not ids:
+            return []
+        rows = self.store.query(
+            f"SELECT {TRACE_SELECT} FROM traces AS t FINAL WHERE t.trace_id IN {{ids:Array(String)}} "
+            "LIMIT 1 BY t.trace_id",
+            {"ids": ids},
+        )
+        found = {t.info.trace_id: t for t in self._complete(rows, include_spans)}
+        return [found[i] for i in ids if i in found]
+
+    def get_trace(self, trace_id: str, include_spans: bool = True) -> Trace | None:
+        """The trace with its current tags, assessments and (by default) spans; None if unknown."""
+        found = self.get_traces([trace_id], include_spans)
+        return found[0] if found else None
+
+    def get_trace_info(self, trace_id: str) -> TraceInfo | None:
+        """The trace's info (tags and assessments included, no spans); None if unknown."""
+        trace = self.get_trace(trace_id, include_spans=False)
+        return None if trace is None else trace.info
+
+    def user_summary(self, user_id: str, experiment_ids: Sequence[str] | None = None) -> UserSummary:
+        """See :func:`tracehouse.query.user_summary`."""
+        return user_summary(self.store, user_id, experiment_ids)
+
+    def session_timeline(self, session_id: str, experiment_ids: Sequence[str] | None = None,
+                         page_token: str | None = None, max_results: int = 100) -> SessionTimeline:
+        """See :func:`tracehouse.query.session_timeline`."""
+        return session_timeline(self.store, session_id, experiment_ids, page_token, max_results)
+
+
+def collect_traces(search: Callable[..., TracePage], max_results: int | None = None, **kwargs: Any
+                   ) -> list[Trace]:
+    """Honour a ``max_results`` larger than one page by following page tokens.
+
+    ``search`` is any callable with :meth:`TraceReader.search_traces`' keyword arguments (the reader's
+    method, or an HTTP client's); ``max_results=None`` collects every match.
+    """
+    out: list[Trace] = []
+    token = kwargs.pop("page_token", None)
+    while max_results is None or len(out) < max_results:
+        want = MAX_PAGE_SIZE if max_results is None else min(MAX_PAGE_SIZE, max_results - len(out))
+        page = search(max_results=want, page_token=token, **kwargs)
+        out.extend(page.traces)
+        token = page.next_page_token
+        if not token:
+            break
+    return out if max_results is None else out[:max_results]
+
