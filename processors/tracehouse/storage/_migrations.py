@@ -80,7 +80,10 @@ MIGRATIONS: tuple[Migration, ...] = (
                 attributes Map(LowCardinality(String), String),
                 events String,
                 INDEX ix_user user_id TYPE bloom_filter(0.001) GRANULARITY 1,
-                INDEX ix_session session_id TYPE bloom_filter(0.001) GRANULARITY 1
+                INDEX ix_session session_id TYPE bloom_filter(0.001) GRANULARITY 1,
+                INDEX ix_name name TYPE bloom_filter(0.01) GRANULARITY 1,
+                INDEX ix_type span_type TYPE set(64) GRANULARITY 1,
+                INDEX ix_attr_keys mapKeys(attributes) TYPE bloom_filter(0.01) GRANULARITY 1
             ) ENGINE = ReplacingMergeTree
             {_PART_BY_MONTH}
             ORDER BY (experiment_id, trace_id, span_id)
@@ -94,7 +97,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                 key String,
                 value String,
                 version UInt64,
-                is_deleted UInt8
+                is_deleted UInt8,
+                INDEX ix_key key TYPE bloom_filter(0.01) GRANULARITY 1,
+                INDEX ix_value value TYPE bloom_filter(0.01) GRANULARITY 1
             ) ENGINE = ReplacingMergeTree(version, is_deleted)
             ORDER BY (trace_id, key)
             SETTINGS non_replicated_deduplication_window = 10000
@@ -117,7 +122,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 metadata Map(String, String),
                 create_time_ms Int64,
                 version UInt64,
-                is_deleted UInt8
+                is_deleted UInt8,
+                INDEX ix_name name TYPE bloom_filter(0.01) GRANULARITY 1
             ) ENGINE = ReplacingMergeTree(version, is_deleted)
             ORDER BY (trace_id, assessment_id)
             SETTINGS non_replicated_deduplication_window = 10000

@@ -9,6 +9,7 @@ trace objects, per-user and per-session analysis, and DataFrames.
 
 from ._analysis import SessionTimeline, SessionTurn, UserSummary, session_timeline, user_summary
 from ._assessment import Assessment, AssessmentSource
+from ._client import PagedList, RemoteError, TraceClient, search_traces
 from ._compile import filter_to_sql
 from ._dataframe import DATAFRAME_COLUMNS, traces_to_dataframe
 from ._entities import Trace, TraceData, TraceInfo, TraceMetadata, TraceState, TraceStatus
@@ -41,12 +42,15 @@ __all__ = [
     "InvalidPageTokenError",
     "InvalidParameterError",
     "OrderKey",
+    "PagedList",
+    "RemoteError",
     "SessionTimeline",
     "SessionTurn",
     "Span",
     "SpanEvent",
     "SpanStatusCode",
     "Trace",
+    "TraceClient",
     "TraceData",
     "TraceInfo",
     "TraceMetadata",
@@ -59,6 +63,7 @@ __all__ = [
     "filter_to_sql",
     "parse_filter",
     "parse_order_by",
+    "search_traces",
     "session_timeline",
     "traces_to_dataframe",
     "user_summary",

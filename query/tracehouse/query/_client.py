@@ -1,0 +1,269 @@
+"""``TraceClient``: one query API over a running tracehouse server or a ClickHouse store directly.
+
+``TraceClient()``                                   the server of ``tracehouse up`` ($TRACEHOUSE_URI,
+                                                    default http://127.0.0.1:5000)
+``TraceClient("chdb:///path/.tracehouse/chdb")``    the embedded store itself (no other process may
+                                                    hold it)
+``TraceClient("clickhouse://u:p@host:8123/db")``    a ClickHouse server directly
+
+All three give the same results: the HTTP server runs the same :class:`TraceReader` and ships its
+objects as JSON that :meth:`Trace.from_dict` rebuilds losslessly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from ._entities import Trace
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tracehouse.storage import Store
+
+    from ._analysis import SessionTimeline, UserSummary
+
+DEFAULT_URI = "http://127.0.0.1:5000"
+PAGE_LIMIT = 500
+
+T = TypeVar("T")
+
+
+class PagedList(list[T], Generic[T]):
+    """A list with the token of the next page (``None`` on the last page), as MLflow's."""
+
+    def __init__(self, items: Sequence[T], token: str | None) -> None:
+        super().__init__(items)
+        self.token = token
+
+
+class RemoteError(ValueError):
+    """The tracehouse server rejected a request. ``error_code`` is MLflow's code for it."""
+
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error_code = status, error_code
+
+
+class _Backend(Protocol):
+    def search_page(
+        self, experiment_ids: list[str] | None, filter_string: str | None, max_results: int,
+        order_by: list[str] | None, page_token: str | None, include_spans: bool,
+    ) -> tuple[list[Trace], str | None]: ...  # fmt: skip
+
+    def get_trace(self, trace_id: str) -> Trace | None: ...
+
+    def user_summary(self, user_id: str, experiment_ids: list[str] | None) -> UserSummary: ...
+
+    def session_timeline(
+        self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
+    ) -> SessionTimeline: ...
+
+    def close(self) -> None: ...
+
+
+class _StoreBackend:
+    def __init__(self, store: Store, owned: bool) -> None:
+        from ._reader import TraceReader
+
+        self._store, self._owned = store, owned
+        self._reader = TraceReader(store)
+
+    def search_page(
+        self, experiment_ids: list[str] | None, filter_string: str | None, max_results: int,
+        order_by: list[str] | None, page_token: str | None, include_spans: bool,
+    ) -> tuple[list[Trace], str | None]:  # fmt: skip
+        page = self._reader.search_traces(
+            experiment_ids=experiment_ids, filter_string=filter_string, max_results=max_results,
+            order_by=order_by, page_token=page_token, include_spans=include_spans,
+        )  # fmt: skip
+        return list(page.traces), page.next_page_token
+
+    def get_trace(self, trace_id: str) -> Trace | None:
+        return self._reader.get_trace(trace_id)
+
+    def user_summary(self, user_id: str, experiment_ids: list[str] | None) -> UserSummary:
+        return self._reader.user_summary(user_id, experiment_ids)
+
+    def session_timeline(
+        self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
+    ) -> SessionTimeline:
+        return self._reader.session_timeline(session_id, experiment_ids, page_token, max_results)
+
+    def close(self) -> None:
+        if self._owned:
+            self._store.close()
+
+
+class _HttpBackend:
+    def __init__(self, uri: str, timeout: float) -> None:
+        import httpx
+
+        self._http = httpx.Client(base_url=uri.rstrip("/"), timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        import httpx
+
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ConnectionError(
+                f"cannot reach the tracehouse server at {self._http.base_url}: {exc}. "
+                "Is `tracehouse up` running? Set TRACEHOUSE_URI or pass a chdb:// or clickhouse:// URI."
+            ) from None
+        body: dict[str, Any] = resp.json() if resp.content else {}
+        if resp.status_code >= 400:
+            raise RemoteError(resp.status_code, str(body.get("error_code", "INTERNAL_ERROR")),
+                              str(body.get("message", resp.text)))  # fmt: skip
+        return body
+
+    def search_page(
+        self, experiment_ids: list[str] | None, filter_string: str | None, max_results: int,
+        order_by: list[str] | None, page_token: str | None, include_spans: bool,
+    ) -> tuple[list[Trace], str | None]:  # fmt: skip
+        body: dict[str, Any] = {"max_results": max_results, "include_spans": include_spans}
+        if experiment_ids:
+            body["experiment_ids"] = experiment_ids
+        if filter_string:
+            body["filter"] = filter_string
+        if order_by:
+            body["order_by"] = order_by
+        if page_token:
+            body["page_token"] = page_token
+        out = self._call("POST", "/api/tracehouse/v1/traces/search", json=body)
+        return [Trace.from_dict(t) for t in out.get("traces", [])], out.get("next_page_token")
+
+    def get_trace(self, trace_id: str) -> Trace | None:
+        try:
+            out = self._call("GET", f"/api/tracehouse/v1/traces/{trace_id}")
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return Trace.from_dict(out["trace"])
+
+    def user_summary(self, user_id: str, experiment_ids: list[str] | None) -> UserSummary:
+        from ._analysis import UserSummary
+
+        params = {"experiment_id": experiment_ids} if experiment_ids else None
+        out = self._call("GET", f"/api/tracehouse/v1/users/{user_id}", params=params)
+        return UserSummary.from_dict(out["user"])
+
+    def session_timeline(
+        self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
+    ) -> SessionTimeline:
+        from ._analysis import SessionTimeline
+
+        params: dict[str, Any] = {"max_results": max_results}
+        if experiment_ids:
+            params["experiment_id"] = experiment_ids
+        if page_token:
+            params["page_token"] = page_token
+        out = self._call("GET", f"/api/tracehouse/v1/sessions/{session_id}", params=params)
+        return SessionTimeline.from_dict(out["session"])
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class TraceClient:
+    """Search and analyse traces. ``uri``: explicit > ``$TRACEHOUSE_URI`` > http://127.0.0.1:5000."""
+
+    def __init__(self, uri: str | None = None, *, timeout: float = 30.0) -> None:
+        self.uri = uri or os.environ.get("TRACEHOUSE_URI") or DEFAULT_URI
+        scheme = self.uri.split(":", 1)[0].lower()
+        self._backend: _Backend
+        if scheme in ("http", "https"):
+            self._backend = _HttpBackend(self.uri, timeout)
+        else:
+            from tracehouse.storage import Store
+
+            self._backend = _StoreBackend(Store(self.uri), owned=True)
+
+    @classmethod
+    def from_store(cls, store: Store) -> TraceClient:
+        """A client over an already-open store (the caller keeps ownership)."""
+        client = cls.__new__(cls)
+        client.uri = store.uri
+        client._backend = _StoreBackend(store, owned=False)
+        return client
+
+    def search_traces(
+        self,
+        experiment_ids: Sequence[str] | None = None,
+        filter_string: str | None = None,
+        max_results: int = 100,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+        include_spans: bool = True,
+    ) -> PagedList[Trace]:
+        """Traces matching MLflow's ``filter_string``, newest first unless ``order_by`` says otherwise.
+
+        Pages of at most 500 are fetched until ``max_results`` traces are collected; the returned
+        list's ``token`` continues from there.
+        """
+        exps = [str(e) for e in experiment_ids] if experiment_ids else None
+        orders = list(order_by) if order_by else None
+        out: list[Trace] = []
+        token = page_token
+        while True:
+            want = min(PAGE_LIMIT, max_results - len(out))
+            traces, token = self._backend.search_page(exps, filter_string, want, orders, token, include_spans)
+            out.extend(traces)
+            if not token or len(out) >= max_results:
+                return PagedList(out, token)
+
+    def search_traces_df(
+        self,
+        experiment_ids: Sequence[str] | None = None,
+        filter_string: str | None = None,
+        max_results: int = 100,
+        order_by: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """:meth:`search_traces` as a DataFrame with MLflow's columns."""
+        from ._dataframe import traces_to_dataframe
+
+        return traces_to_dataframe(self.search_traces(experiment_ids, filter_string, max_results, order_by))
+
+    def get_trace(self, trace_id: str) -> Trace | None:
+        """One trace with its spans, current tags and assessments, or ``None``."""
+        return self._backend.get_trace(trace_id)
+
+    def user_summary(self, user_id: str, experiment_ids: Sequence[str] | None = None) -> UserSummary:
+        """A user's interactions, unique sessions, response times and errors, computed in ClickHouse."""
+        return self._backend.user_summary(user_id, list(experiment_ids) if experiment_ids else None)
+
+    def session_timeline(
+        self,
+        session_id: str,
+        experiment_ids: Sequence[str] | None = None,
+        page_token: str | None = None,
+        max_results: int = 100,
+    ) -> SessionTimeline:
+        """A session's turns in order (turn number, time, duration, status), one page at a time."""
+        return self._backend.session_timeline(
+            session_id, list(experiment_ids) if experiment_ids else None, page_token, max_results
+        )
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> TraceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def search_traces(
+    experiment_ids: Sequence[str] | None = None,
+    filter_string: str | None = None,
+    max_results: int = 100,
+    order_by: Sequence[str] | None = None,
+    uri: str | None = None,
+) -> pd.DataFrame:
+    """Like ``mlflow.search_traces``: a DataFrame of matching traces from the default client."""
+    with TraceClient(uri) as client:
+        return client.search_traces_df(experiment_ids, filter_string, max_results, order_by)

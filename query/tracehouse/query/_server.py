@@ -1,0 +1,193 @@
+"""The HTTP query API: tracehouse's own JSON routes plus the read side of MLflow's trace REST API.
+
+Every route is a thin adapter over :class:`TraceReader`; the store calls block (chDB runs in
+process), so they run in the thread pool. Errors are MLflow-shaped ``{"error_code", "message"}``
+with a 4xx for bad input: MLflow's client retries any 5xx for minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from importlib import resources
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from tracehouse.storage import Store
+
+from ._reader import TraceReader
+
+MAX_PAGE = 500
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ApiError(Exception):
+    """An error with an MLflow error code and HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return json_response({"error_code": code, "message": message}, status)
+
+
+def _guard(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except ValueError as exc:  # typed filter / order_by / page token errors are ValueErrors
+            return _error(400, getattr(exc, "error_code", "INVALID_PARAMETER_VALUE"), str(exc))
+
+    return wrapped
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "MALFORMED_REQUEST", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "MALFORMED_REQUEST", "request body must be a JSON object")
+    return body
+
+
+def _max_results(value: Any, default: int = 100) -> int:
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", f"max_results must be an integer, got {value!r}") from None
+    if n < 1:
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", f"max_results must be positive, got {n}")
+    return min(n, MAX_PAGE)
+
+
+def _experiment_ids(body: Mapping[str, Any]) -> list[str] | None:
+    ids: list[str] = [str(e) for e in body.get("experiment_ids") or []]
+    for loc in body.get("locations") or []:
+        exp = (loc or {}).get("mlflow_experiment") or {}
+        if "experiment_id" in exp:
+            ids.append(str(exp["experiment_id"]))
+    return ids or None
+
+
+def _order_by(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ApiError(400, "INVALID_PARAMETER_VALUE", "order_by must be a list of strings")
+
+
+def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
+    """Build the ASGI app serving ``store``."""
+    rd = reader or TraceReader(store)
+
+    async def search(body: Mapping[str, Any], include_spans: bool) -> dict[str, Any]:
+        page = await run_in_threadpool(
+            rd.search_traces,
+            experiment_ids=_experiment_ids(body),
+            filter_string=body.get("filter") or body.get("filter_string") or None,
+            max_results=_max_results(body.get("max_results")),
+            order_by=_order_by(body.get("order_by")),
+            page_token=body.get("page_token") or None,
+            include_spans=include_spans,
+        )
+        return {"traces": page.traces, "next_page_token": page.next_page_token}
+
+    @_guard
+    async def th_search(request: Request) -> Response:
+        body = await _json_body(request)
+        result = await search(body, bool(body.get("include_spans", True)))
+        out: dict[str, Any] = {"traces": [t.to_dict() for t in result["traces"]]}
+        if result["next_page_token"]:
+            out["next_page_token"] = result["next_page_token"]
+        return json_response(out)
+
+    @_guard
+    async def th_get_trace(request: Request) -> Response:
+        trace_id = request.path_params["trace_id"]
+        trace = await run_in_threadpool(rd.get_trace, trace_id)
+        if trace is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Trace with ID '{trace_id}' not found")
+        return json_response({"trace": trace.to_dict()})
+
+    @_guard
+    async def th_user(request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        exps = request.query_params.getlist("experiment_id") or None
+        summary = await run_in_threadpool(rd.user_summary, user_id, exps)
+        return json_response({"user": summary.to_dict()})
+
+    @_guard
+    async def th_session(request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        q = request.query_params
+        timeline = await run_in_threadpool(
+            rd.session_timeline,
+            session_id,
+            q.getlist("experiment_id") or None,
+            q.get("page_token") or None,
+            _max_results(q.get("max_results"), default=100),
+        )
+        return json_response({"session": timeline.to_dict()})
+
+    @_guard
+    async def mlflow_search(request: Request) -> Response:
+        result = await search(await _json_body(request), include_spans=False)
+        out: dict[str, Any] = {}
+        if result["traces"]:
+            out["traces"] = [t.info.to_dict() for t in result["traces"]]
+        if result["next_page_token"]:
+            out["next_page_token"] = result["next_page_token"]
+        return json_response(out)
+
+    @_guard
+    async def mlflow_trace_info(request: Request) -> Response:
+        trace_id = request.path_params["trace_id"]
+        trace = await run_in_threadpool(rd.get_trace, trace_id)
+        if trace is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Trace with ID '{trace_id}' not found")
+        return json_response({"trace": {"trace_info": trace.info.to_dict()}})
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok", "store": "embedded" if store.embedded else "clickhouse"})
+
+    async def index(request: Request) -> Response:
+        page = resources.files("tracehouse.query").joinpath("_ui.html").read_text()
+        return HTMLResponse(page)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(404, "ENDPOINT_NOT_FOUND", f"no route for {request.method} {request.url.path}")
+
+    routes = [
+        Route("/", index),
+        Route("/health", health),
+        Route("/api/tracehouse/v1/traces/search", th_search, methods=["POST"]),
+        Route("/api/tracehouse/v1/traces/{trace_id}", th_get_trace),
+        Route("/api/tracehouse/v1/users/{user_id}", th_user),
+        Route("/api/tracehouse/v1/sessions/{session_id}", th_session),
+        Route("/api/3.0/mlflow/traces/search", mlflow_search, methods=["POST"]),
+        Route("/api/3.0/mlflow/traces/{trace_id}", mlflow_trace_info),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found})

@@ -1,0 +1,215 @@
+"""The ``tracehouse`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._format import FORMATS, render, render_mapping
+
+DEFAULT_DATA_DIR = "./.tracehouse"
+
+_uri_option = click.option(
+    "--uri",
+    envvar="TRACEHOUSE_URI",
+    default=None,
+    help="Server URL (default http://127.0.0.1:5000, a running `tracehouse up`), or chdb:///path "
+    "or clickhouse://user:pass@host:8123/db to read a store directly. Env: TRACEHOUSE_URI.",
+)
+_format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+)
+_experiment_option = click.option(
+    "--experiment-id", "experiment_ids", multiple=True, help="Restrict to these experiments (repeatable)."
+)
+
+
+def _client(uri: str | None) -> Any:
+    from tracehouse.query import TraceClient
+
+    return TraceClient(uri)
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tracehouse")
+def main() -> None:
+    """tracehouse: track the users and sessions of GenAI applications at high volume.
+
+    Start everything locally with `tracehouse up`, send traffic with `tracehouse demo`,
+    then explore with `search`, `user` and `session`.
+    """
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True, help="HTTP port of the query API and UI.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP bind address.")
+@click.option("--kafka-port", default=9092, show_default=True, help="Port of the embedded Kafka broker.")
+@click.option(
+    "--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False),
+    help="Where the embedded ClickHouse (chDB) keeps its data.",
+)  # fmt: skip
+@click.option("--partitions", default=8, show_default=True, help="Partitions of the traces topic.")
+@click.option("--topic-prefix", envvar="TRACEHOUSE_TOPIC_PREFIX", default=None, help="Kafka topic prefix.")
+@click.option("--demo", is_flag=True, help="Also run `tracehouse demo` traffic once everything is up.")
+def up(port: int, host: str, kafka_port: int, data_dir: str, partitions: int, topic_prefix: str | None,
+       demo: bool) -> None:  # fmt: skip
+    """Run the whole pipeline on the embedded defaults.
+
+    Starts the Tansu Kafka broker, the processors and sink, a chDB store under --data-dir, and the
+    HTTP query API + web UI. Ctrl-C drains in-flight events into ClickHouse and stops cleanly.
+    """
+    from ._up import UpOptions, run_up
+
+    opts = UpOptions(host=host, port=port, kafka_port=kafka_port, data_dir=Path(data_dir),
+                     partitions=partitions, topic_prefix=topic_prefix, demo=demo)  # fmt: skip
+    try:
+        run_up(opts)
+    except (OSError, RuntimeError) as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.option("--bootstrap", envvar="TRACEHOUSE_KAFKA_BOOTSTRAP", default=None,
+              help="Kafka bootstrap servers (default localhost:9092). Env: TRACEHOUSE_KAFKA_BOOTSTRAP.")  # fmt: skip
+@click.option("--users", default=20, show_default=True, help="Distinct users.")
+@click.option("--sessions", default=50, show_default=True, help="Multi-turn sessions.")
+@click.option("--max-turns", default=8, show_default=True, help="Most turns in one session.")
+@click.option("--error-rate", default=0.05, show_default=True, help="Share of turns that fail.")
+@click.option("--latency-scale", default=0.05, show_default=True,
+              help="Real seconds slept per simulated second of model latency.")  # fmt: skip
+@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same traffic).")
+def demo(bootstrap: str | None, users: int, sessions: int, max_turns: int, error_rate: float,
+         latency_scale: float, seed: int) -> None:  # fmt: skip
+    """Send realistic synthetic chat traffic through the SDK (users, sessions, errors, latencies)."""
+    from ._demo import DemoPlan
+
+    plan = DemoPlan(users=users, sessions=sessions, max_turns=max(2, max_turns), error_rate=error_rate,
+                    latency_scale=latency_scale, seed=seed)  # fmt: skip
+    sent = run_demo_with_progress(plan, bootstrap)
+    click.echo(f"sent {sent} traces for {users} users in {sessions} sessions")
+
+
+def run_demo_with_progress(plan: Any, bootstrap: str | None) -> int:
+    """Run the demo through the SDK with a progress bar; flush before returning."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import tracehouse
+
+    from ._demo import run_demo, session_turns
+
+    if bootstrap:
+        tracehouse.configure(kafka_bootstrap=bootstrap)
+    total = sum(n for *_, n in session_turns(plan))
+    with Progress(TextColumn("demo traffic"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task("traces", total=total)
+        sent = asyncio.run(run_demo(plan, lambda n: bar.advance(task, n)))
+    if not tracehouse.flush(timeout=30):
+        raise click.ClickException("timed out waiting for the Kafka broker to acknowledge the demo traces")
+    stats = tracehouse.stats()
+    if stats.dropped:
+        click.echo(f"warning: {stats.dropped} traces were dropped (SDK buffer full)", err=True)
+    return sent
+
+
+@main.command()
+@click.argument("filter_string", required=False, default=None, metavar="FILTER")
+@click.option("--order-by", multiple=True, help='e.g. "timestamp ASC" (repeatable). Default: newest first.')
+@click.option("--max-results", default=100, show_default=True, help="How many traces at most.")
+@_experiment_option
+@_format_option
+@_uri_option
+def search(filter_string: str | None, order_by: tuple[str, ...], max_results: int,
+           experiment_ids: tuple[str, ...], fmt: str, uri: str | None) -> None:  # fmt: skip
+    """Search traces with MLflow's filter syntax.
+
+    Example: tracehouse search "metadata.`mlflow.trace.user` = 'user-0001' AND status = 'ERROR'"
+    """
+    try:
+        with _client(uri) as client:
+            traces = client.search_traces(
+                experiment_ids=list(experiment_ids) or None, filter_string=filter_string,
+                max_results=max_results, order_by=list(order_by) or None, include_spans=False,
+            )  # fmt: skip
+    except (ValueError, ConnectionError) as exc:
+        _fail(exc)
+    rows = [
+        {
+            "trace_id": t.info.trace_id,
+            "timestamp_ms": t.info.timestamp_ms,
+            "execution_time_ms": t.info.execution_time_ms,
+            "status": t.info.state.value,
+            "user": t.info.trace_metadata.get("mlflow.trace.user"),
+            "session": t.info.trace_metadata.get("mlflow.trace.session"),
+            "name": t.info.tags.get("mlflow.traceName"),
+            "request": t.info.request_preview if fmt != "table" else (t.info.request_preview or "")[:60],
+        }
+        for t in traces
+    ]
+    render(rows, fmt, title=f"{len(rows)} traces")
+
+
+@main.command()
+@click.argument("user_id")
+@_experiment_option
+@_format_option
+@_uri_option
+def user(user_id: str, experiment_ids: tuple[str, ...], fmt: str, uri: str | None) -> None:
+    """Behaviour summary of one user: interactions, sessions, response times, errors."""
+    try:
+        with _client(uri) as client:
+            summary = client.user_summary(user_id, list(experiment_ids) or None)
+    except (ValueError, ConnectionError) as exc:
+        _fail(exc)
+    render_mapping(summary.to_dict(), fmt, title=f"user {user_id}")
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--max-results", default=100, show_default=True, help="Turns per page.")
+@click.option("--page-token", default=None, help="Continue from a previous page.")
+@_experiment_option
+@_format_option
+@_uri_option
+def session(session_id: str, max_results: int, page_token: str | None, experiment_ids: tuple[str, ...],
+            fmt: str, uri: str | None) -> None:  # fmt: skip
+    """Timeline of one session: its turns in order with time, duration and status."""
+    try:
+        with _client(uri) as client:
+            timeline = client.session_timeline(session_id, list(experiment_ids) or None, page_token, max_results)
+    except (ValueError, ConnectionError) as exc:
+        _fail(exc)
+    data = timeline.to_dict()
+    turns = data.pop("turns", [])
+    render(turns, fmt, title=f"session {session_id}")
+    token = data.get("next_page_token")
+    if token and fmt == "table":
+        click.echo(f"more turns: --page-token {token}", err=True)
+
+
+@main.command()
+@click.option("--store", "store_uri", envvar="TRACEHOUSE_STORE_URI", default=None,
+              help="chdb:///path or clickhouse://user:pass@host:8123/db "
+                   f"(default chdb://{DEFAULT_DATA_DIR}/chdb). Env: TRACEHOUSE_STORE_URI.")  # fmt: skip
+def migrate(store_uri: str | None) -> None:
+    """Create or upgrade the ClickHouse tables (versioned migrations)."""
+    from tracehouse.storage import Store, latest_version
+    from tracehouse.storage import migrate as run_migrations
+
+    uri = store_uri or f"chdb://{Path(DEFAULT_DATA_DIR, 'chdb').resolve()}"
+    with Store(uri) as store:
+        applied = run_migrations(store)
+    for m in applied:
+        click.echo(f"applied {m.version:04d} {m.name}")
+    click.echo(f"store {uri} is at schema version {latest_version()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
