@@ -194,6 +194,52 @@ def session(session_id: str, max_results: int, page_token: str | None, experimen
         click.echo(f"more turns: --page-token {token}", err=True)
 
 
+@main.command(add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def sink(ctx: click.Context) -> None:
+    """Run a sink process: Kafka → ClickHouse, offsets committed after each insert.
+
+    Reads TRACEHOUSE_KAFKA_BOOTSTRAP, TRACEHOUSE_STORE_URI and TRACEHOUSE_TOPIC_PREFIX; every option
+    of `python -m tracehouse.processors sink --help` is accepted (e.g. --bootstrap, --store, --group,
+    --migrate). Run several in one consumer group to share the partitions.
+    """
+    from tracehouse.processors._cli import main as processors_main
+
+    sys.exit(processors_main(["sink", *ctx.args]))
+
+
+@main.command()
+@click.option("--bootstrap", envvar="TRACEHOUSE_KAFKA_BOOTSTRAP", default="localhost:9092", show_default=True,
+              help="Kafka bootstrap servers. Env: TRACEHOUSE_KAFKA_BOOTSTRAP.")  # fmt: skip
+@click.option("--topic-prefix", envvar="TRACEHOUSE_TOPIC_PREFIX", default=None, help="Kafka topic prefix.")
+@click.option("--partitions", default=12, show_default=True, help="Partitions of each topic created now.")
+def topics(bootstrap: str, topic_prefix: str | None, partitions: int) -> None:
+    """Create tracehouse's Kafka topics with an explicit partition count (idempotent)."""
+    from tracehouse.embedded import ensure_topics
+    from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
+
+    names = Topics(topic_prefix if topic_prefix is not None else DEFAULT_TOPIC_PREFIX)
+    created = asyncio.run(ensure_topics(bootstrap, names, partitions))
+    click.echo(f"created {', '.join(created)}" if created else "all topics exist")
+
+
+@main.command()
+@click.option("--store", "store_uri", envvar="TRACEHOUSE_STORE_URI", required=True,
+              help="clickhouse://user:pass@host:8123/db (or chdb:///path). Env: TRACEHOUSE_STORE_URI.")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", default=5000, show_default=True, help="HTTP port.")
+def serve(store_uri: str, host: str, port: int) -> None:
+    """Serve the HTTP query API and web UI over a ClickHouse store (no pipeline)."""
+    import uvicorn
+
+    from tracehouse.storage import Store
+
+    from .._server import create_app
+
+    with Store(store_uri) as store:
+        uvicorn.run(create_app(store), host=host, port=port, log_level="info")
+
+
 @main.command()
 @click.option("--store", "store_uri", envvar="TRACEHOUSE_STORE_URI", default=None,
               help="chdb:///path or clickhouse://user:pass@host:8123/db "
