@@ -14,12 +14,15 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from tracehouse.processors import Sink
 
 log = logging.getLogger("tracehouse.up")
 
@@ -144,19 +147,14 @@ async def _wait_first(stop: asyncio.Event, *tasks: asyncio.Task[object]) -> None
             raise RuntimeError(f"{task.get_name()} failed: {task.exception()}")
 
 
-async def _drain(sink: object, bootstrap: str, topic: str, limit_s: float) -> bool:
-    """Wait until the sink committed everything the traces topic held when we started draining."""
+async def _drain(sink: Sink, bootstrap: str, topic: str, limit_s: float) -> bool:
+    """Wait until the sink committed everything the traces topic held when draining started."""
     import tracehouse
 
     await asyncio.to_thread(tracehouse.flush, 10.0)
     ends = await _end_offsets(bootstrap, topic)
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        committed = sink.committed_offsets()  # type: ignore[attr-defined]
-        if all(committed.get((topic, p), 0) >= end for p, end in ends.items() if end > 0):
-            return True
-        await asyncio.sleep(0.1)
-    return False
+    last = {(topic, p): end - 1 for p, end in ends.items() if end > 0}  # the last record of each partition
+    return await sink.wait_committed(last, timeout_s=limit_s)
 
 
 def _start_demo(bootstrap: str, prefix: str) -> threading.Thread:
