@@ -1,1 +1,60 @@
-"""placeholder"""
+"""Stream processors. The sink consumes trace envelopes and writes ClickHouse rows exactly once in
+effect: offsets are committed only after the insert that covers them, and a batch ledger plus
+offset-derived deduplication tokens make a replay after a crash a no-op.
+
+Run it with ``python -m tracehouse.processors sink --bootstrap HOST:PORT --store chdb:///path``.
+"""
+
+from ._batch import batch_token
+from ._config import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_GROUP_ID,
+    DEFAULT_STORE_URI,
+    ENV_BOOTSTRAP,
+    ENV_STORE_URI,
+    ENV_TOPIC_PREFIX,
+    SinkConfig,
+)
+from ._dlq import (
+    HEADER_ORIGIN_LINE,
+    HEADER_ORIGIN_OFFSET,
+    HEADER_ORIGIN_PARTITION,
+    HEADER_ORIGIN_TOPIC,
+    HEADER_REASON,
+    HEADER_TIME,
+    HEADER_TRUNCATED,
+    WHOLE_MESSAGE,
+    DeadLetter,
+    read_dlq,
+)
+from ._ledger import LEDGER_TABLE, Ledger
+from ._sink import Sink, SinkStats
+from ._validate import Rejection, check_event, validate_line
+
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "DEFAULT_GROUP_ID",
+    "DEFAULT_STORE_URI",
+    "ENV_BOOTSTRAP",
+    "ENV_STORE_URI",
+    "ENV_TOPIC_PREFIX",
+    "HEADER_ORIGIN_LINE",
+    "HEADER_ORIGIN_OFFSET",
+    "HEADER_ORIGIN_PARTITION",
+    "HEADER_ORIGIN_TOPIC",
+    "HEADER_REASON",
+    "HEADER_TIME",
+    "HEADER_TRUNCATED",
+    "LEDGER_TABLE",
+    "WHOLE_MESSAGE",
+    "DeadLetter",
+    "Ledger",
+    "Rejection",
+    "Sink",
+    "SinkConfig",
+    "SinkStats",
+    "batch_token",
+    "check_event",
+    "read_dlq",
+    "validate_line",
+]

@@ -1,0 +1,117 @@
+"""The sink's configuration: declared once, typed, frozen.
+
+Precedence is explicit argument > environment > default. The environment is read only when
+:meth:`SinkConfig.resolve` is called, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
+
+ENV_BOOTSTRAP: Final = "TRACEHOUSE_KAFKA_BOOTSTRAP"
+ENV_TOPIC_PREFIX: Final = "TRACEHOUSE_TOPIC_PREFIX"
+ENV_STORE_URI: Final = "TRACEHOUSE_STORE_URI"
+
+DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
+DEFAULT_STORE_URI: Final = "chdb://.tracehouse/chdb"
+DEFAULT_GROUP_ID: Final = "tracehouse-sink"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SinkConfig:
+    """Everything the sink needs to know. Build it with :meth:`resolve` to honour the environment."""
+
+    #: Kafka bootstrap servers, ``host:port[,host:port]``.
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    #: Prefix of every tracehouse topic (see :class:`tracehouse.schemas.Topics`).
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    #: Where rows go: ``chdb:///path`` or ``clickhouse://user:pass@host:8123/db``.
+    store_uri: str = DEFAULT_STORE_URI
+    #: Consumer group. The ledger and the deduplication tokens are scoped by it.
+    group_id: str = DEFAULT_GROUP_ID
+    client_id: str = "tracehouse-sink"
+    #: Dead-letter topic; ``None`` means ``Topics(topic_prefix).dlq``.
+    dlq_topic: str | None = None
+    #: A partition's batch is flushed when it holds this many rows (all tables together) ...
+    max_batch_rows: int = 50_000
+    #: ... or this many bytes of envelope payload ...
+    max_batch_bytes: int = 32 * 1024 * 1024
+    #: ... or when its first record is this old.
+    max_batch_age_ms: int = 500
+    #: Longest wait in one ``getmany``; bounds how late a stop request or a due batch is noticed.
+    poll_timeout_ms: int = 200
+    #: Kafka messages (envelopes) per ``getmany``.
+    max_poll_records: int = 500
+    max_partition_fetch_bytes: int = 8 * 1024 * 1024
+    #: First and largest pause between retries of a failed flush (doubling in between).
+    retry_backoff_ms: int = 200
+    retry_backoff_max_ms: int = 10_000
+    #: How long a revoke may spend flushing before it gives the partitions up uncommitted.
+    revoke_timeout_s: float = 10.0
+    #: How long ``stop()`` may spend flushing before it gives up (uncommitted, so replayed later).
+    drain_timeout_s: float = 30.0
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    dlq_acks: Literal["all", 1] = "all"
+    #: Largest dead letter sent whole; a bigger one keeps its first 64 KiB (``th-dlq-truncated``).
+    #: Keep it at or below the broker's ``message.max.bytes``.
+    dlq_max_request_size: int = 1024 * 1024
+    #: Minimum seconds between two "dead-lettered ..." warnings.
+    dlq_log_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_rows", "max_batch_bytes", "max_poll_records", "max_partition_fetch_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("max_batch_age_ms", "poll_timeout_ms", "retry_backoff_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.retry_backoff_max_ms < self.retry_backoff_ms:
+            raise ValueError("retry_backoff_max_ms must be at least retry_backoff_ms")
+        if not self.group_id:
+            raise ValueError("group_id must not be empty")
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        bootstrap: str | None = None,
+        topic_prefix: str | None = None,
+        store_uri: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> SinkConfig:
+        """Resolve explicit arguments, then ``TRACEHOUSE_*`` variables of ``env`` (default:
+        ``os.environ``), then defaults. ``overrides`` are any other field, passed as they are."""
+        environ = os.environ if env is None else env
+
+        def pick(explicit: str | None, var: str, default: str) -> str:
+            if explicit is not None:
+                return explicit
+            from_env = environ.get(var)
+            return from_env if from_env else default
+
+        return cls(
+            bootstrap=pick(bootstrap, ENV_BOOTSTRAP, DEFAULT_BOOTSTRAP),
+            topic_prefix=pick(topic_prefix, ENV_TOPIC_PREFIX, DEFAULT_TOPIC_PREFIX),
+            store_uri=pick(store_uri, ENV_STORE_URI, DEFAULT_STORE_URI),
+            **overrides,
+        )
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def source_topic(self) -> str:
+        """The topic the sink consumes: trace, tag and assessment envelopes."""
+        return self.topics.traces
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic if self.dlq_topic is not None else self.topics.dlq

@@ -1,0 +1,50 @@
+"""The sink's batch ledger (table ``_sink_batches``): which offsets each batch covered.
+
+A row ``(group, topic, partition, first, last)`` is written *before* the batch's inserts. After a
+crash the consumer restarts at the committed offset; if the ledger holds a row starting there, the
+first batch is rebuilt to end exactly at ``last``, so it carries the same deduplication token and
+ClickHouse drops whatever part of it was already inserted.
+
+Blocking calls on a :class:`~tracehouse.storage.Store`: run them in a worker thread. They must not
+run DDL (``tracehouse migrate`` creates the table) and must not decide anything about offsets.
+"""
+
+from __future__ import annotations
+
+from tracehouse.storage import Store
+
+LEDGER_TABLE = "_sink_batches"
+_COLUMNS = ("consumer_group", "topic", "partition", "first_offset", "last_offset")
+
+
+class Ledger:
+    """The ledger rows of one consumer group."""
+
+    def __init__(self, store: Store, group: str) -> None:
+        self.store = store
+        self.group = group
+
+    def record(self, topic: str, partition: int, first_offset: int, last_offset: int) -> None:
+        """Write the bounds of a batch about to be inserted. Writing the same row twice is harmless
+        (the table is a ReplacingMergeTree keyed by the first offset)."""
+        self.store.insert(LEDGER_TABLE, [(self.group, topic, partition, first_offset, last_offset)], _COLUMNS)
+
+    def replay_bound(self, topic: str, partition: int, first_offset: int) -> int | None:
+        """``last_offset`` of the newest batch of this group that started at ``first_offset``."""
+        rows = self.store.query(
+            f"SELECT last_offset FROM {LEDGER_TABLE} "
+            "WHERE consumer_group = {g:String} AND topic = {t:String} AND partition = {p:UInt32} "
+            "AND first_offset = {f:Int64} ORDER BY created_at DESC, last_offset DESC LIMIT 1",
+            {"g": self.group, "t": topic, "p": partition, "f": first_offset},
+        )
+        return int(rows[0][0]) if rows else None
+
+    def rows(self, topic: str, partition: int) -> list[tuple[int, int]]:
+        """All ``(first, last)`` rows of a partition, oldest first (for inspection and tests)."""
+        out = self.store.query(
+            f"SELECT first_offset, last_offset FROM {LEDGER_TABLE} FINAL "
+            "WHERE consumer_group = {g:String} AND topic = {t:String} AND partition = {p:UInt32} "
+            "ORDER BY first_offset",
+            {"g": self.group, "t": topic, "p": partition},
+        )
+        return [(int(a), int(b)) for a, b in out]

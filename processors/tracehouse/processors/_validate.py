@@ -1,0 +1,100 @@
+"""Decode, validate and check one line of an envelope: an event, or a typed rejection with a reason.
+
+msgspec validates types, patterns and bounds while decoding (:func:`tracehouse.schemas.decode_event`).
+This step adds the checks a schema cannot express: the spans of a trace form a tree (unique ids,
+parents inside the trace, at least one root), a span does not end before it starts, and every
+timestamp fits the ClickHouse column it lands in (so one absurd value cannot make a whole batch's
+insert fail forever).
+
+A pure function: it must not do I/O, keep state between lines, or raise for bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from tracehouse.schemas import (
+    AssessmentEvent,
+    Event,
+    EventDecodeError,
+    TagDeleteEvent,
+    TagSetEvent,
+    TraceEvent,
+    decode_event,
+)
+
+#: Largest value of an ``Int64`` nanosecond column (year 2262).
+MAX_NS: Final = 2**63 - 1
+#: Largest millisecond timestamp whose nanosecond form still fits ``Int64``.
+MAX_MS: Final = MAX_NS // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a line (or a whole message) was refused. ``reason`` goes to the DLQ header verbatim."""
+
+    reason: str
+
+
+def check_event(event: Event) -> str | None:
+    """What is wrong with a decoded event beyond its schema, or ``None`` when it is fine."""
+    if isinstance(event, TraceEvent):
+        return _check_trace(event)
+    if isinstance(event, (TagSetEvent, TagDeleteEvent)):
+        if event.timestamp_ns > MAX_NS:
+            return f"invalid event: timestamp_ns {event.timestamp_ns} is out of range - at `$.timestamp_ns`"
+        return None
+    if isinstance(event, AssessmentEvent) and event.create_time_ms > MAX_MS:
+        return f"invalid event: create_time_ms {event.create_time_ms} is out of range - at `$.create_time_ms`"
+    return None
+
+
+def _check_trace(event: TraceEvent) -> str | None:
+    if event.timestamp_ms > MAX_MS:
+        return f"invalid event: timestamp_ms {event.timestamp_ms} is out of range - at `$.timestamp_ms`"
+    if event.execution_time_ms > MAX_MS:
+        return f"invalid event: execution_time_ms {event.execution_time_ms} is out of range - at `$.execution_time_ms`"
+    spans = event.spans
+    if not spans:
+        return None
+    ids: set[str] = set()
+    for i, span in enumerate(spans):
+        if span.span_id in ids:
+            return f"invalid event: duplicate span_id {span.span_id!r} - at `$.spans[{i}].span_id`"
+        ids.add(span.span_id)
+        if span.end_time_ns > MAX_NS:
+            return f"invalid event: end_time_ns {span.end_time_ns} is out of range - at `$.spans[{i}]`"
+        if span.end_time_ns < span.start_time_ns:
+            return (
+                f"invalid event: span {span.span_id!r} ends before it starts "
+                f"(end_time_ns {span.end_time_ns} < start_time_ns {span.start_time_ns}) - at `$.spans[{i}]`"
+            )
+        for j, ev in enumerate(span.events):
+            if ev.timestamp_ns > MAX_NS:
+                return f"invalid event: timestamp_ns {ev.timestamp_ns} is out of range - at `$.spans[{i}].events[{j}]`"
+    has_root = False
+    for i, span in enumerate(spans):
+        parent = span.parent_span_id
+        if parent is None:
+            has_root = True
+        elif parent == span.span_id:
+            return f"invalid event: span {span.span_id!r} is its own parent - at `$.spans[{i}].parent_span_id`"
+        elif parent not in ids:
+            return (
+                f"invalid event: parent_span_id {parent!r} of span {span.span_id!r} is not a span of "
+                f"this trace - at `$.spans[{i}].parent_span_id`"
+            )
+    if not has_root:
+        return "invalid event: no root span (every span has a parent, so the parents form a cycle) - at `$.spans`"
+    return None
+
+
+def validate_line(line: bytes) -> Event | Rejection:
+    """Decode and check one NDJSON line. Never raises for bad input."""
+    try:
+        event = decode_event(line)
+    except EventDecodeError as exc:
+        return Rejection(str(exc))
+    problem = check_event(event)
+    return event if problem is None else Rejection(problem)
