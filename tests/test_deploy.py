@@ -37,7 +37,8 @@ def test_compose_has_every_role() -> None:
 @pytest.mark.parametrize("name", sorted(TRACEHOUSE_SERVICES))
 def test_service_commands_exist_and_parse(name: str) -> None:
     for argv in _tracehouse_invocations(TRACEHOUSE_SERVICES[name]):
-        assert argv and argv[0] in main.commands, f"{name}: unknown tracehouse command {argv}"
+        assert argv, f"{name}: no tracehouse command"
+        assert argv[0] in main.commands, f"{name}: unknown tracehouse command {argv}"
         result = CliRunner().invoke(main, [*argv, "--help"])
         assert result.exit_code == 0, f"{name}: {argv} does not parse: {result.output}"
 

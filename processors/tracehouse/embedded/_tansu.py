@@ -6,6 +6,7 @@ support idempotent or transactional producers, so tracehouse never asks for them
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -83,6 +84,9 @@ class TansuBroker:
         finally:
             if not isinstance(log, int):
                 log.close()
+        # The broker runs in its own session (so Ctrl-C reaches only us, and we drain before stopping
+        # it); stop it when this interpreter exits, however that happens short of SIGKILL.
+        atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -95,6 +99,7 @@ class TansuBroker:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
+        atexit.unregister(self.stop)
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)

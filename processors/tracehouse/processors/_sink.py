@@ -206,6 +206,18 @@ class Sink:
         """Next offset to read per partition: every record below it is in ClickHouse."""
         return dict(self._committed)
 
+    def caught_up(self) -> bool:
+        """True when every assigned partition has committed up to the high watermark its last fetch
+        reported: everything the broker held then is in ClickHouse. (Fetch high watermarks, unlike
+        Tansu's ListOffsets answers, are exact.)"""
+        if self._consumer is None or not self._parts:
+            return False
+        for key, part in self._parts.items():
+            highwater = self._consumer.highwater(part.tp)
+            if highwater is None or self._committed.get(key, 0) < highwater:
+                return False
+        return True
+
     async def wait_committed(self, offsets: Mapping[Partition, int], timeout_s: float | None = None) -> bool:
         """Wait until the record at each ``(topic, partition) → offset`` is stored and committed by
         this sink (read-your-writes). Returns ``False`` on timeout."""
