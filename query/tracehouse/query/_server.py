@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from tracehouse.storage import Store
 
+from ._entities import Trace
 from ._reader import TraceReader
 
 MAX_PAGE = 500
@@ -124,13 +125,16 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
             out["next_page_token"] = result["next_page_token"]
         return json_response(out)
 
-    @_guard
-    async def th_get_trace(request: Request) -> Response:
+    async def existing_trace(request: Request) -> Trace:
         trace_id = request.path_params["trace_id"]
         trace = await run_in_threadpool(rd.get_trace, trace_id)
         if trace is None:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Trace with ID '{trace_id}' not found")
-        return json_response({"trace": trace.to_dict()})
+        return trace
+
+    @_guard
+    async def th_get_trace(request: Request) -> Response:
+        return json_response({"trace": (await existing_trace(request)).to_dict()})
 
     @_guard
     async def th_user(request: Request) -> Response:
@@ -164,11 +168,7 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
 
     @_guard
     async def mlflow_trace_info(request: Request) -> Response:
-        trace_id = request.path_params["trace_id"]
-        trace = await run_in_threadpool(rd.get_trace, trace_id)
-        if trace is None:
-            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Trace with ID '{trace_id}' not found")
-        return json_response({"trace": {"trace_info": trace.info.to_dict()}})
+        return json_response({"trace": {"trace_info": (await existing_trace(request)).info.to_dict()}})
 
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "store": "embedded" if store.embedded else "clickhouse"})
