@@ -1,0 +1,35 @@
+"""Sessions and per-user rollups: pure, idempotent, order-independent state (no I/O).
+
+The stream processors fold traces into these states and ship their records; property tests prove
+them equal to a brute-force computation under duplicates, reordering, late turns and merges.
+"""
+
+from ._facts import TraceFacts, facts_from_line
+from ._rollup import DAY_MS, RollupBucket, day_of, quantile
+from ._session import (
+    SessionConfig,
+    SessionState,
+    SessionStatus,
+    apply,
+    close,
+    close_due,
+    inferred_session_id,
+    new_session,
+)
+
+__all__ = [
+    "DAY_MS",
+    "RollupBucket",
+    "SessionConfig",
+    "SessionState",
+    "SessionStatus",
+    "TraceFacts",
+    "apply",
+    "close",
+    "close_due",
+    "day_of",
+    "facts_from_line",
+    "inferred_session_id",
+    "new_session",
+    "quantile",
+]

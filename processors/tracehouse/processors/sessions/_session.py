@@ -1,0 +1,128 @@
+"""Session state as a pure, idempotent, order-independent fold over a session's distinct traces.
+
+``apply(state, facts)`` adds one trace to a session. Every field is a commutative, idempotent
+aggregate of the *set* of traces seen (min/max, counts and sums over distinct trace ids, previews
+chosen by the smallest/largest ``(timestamp, trace_id)``), so re-delivered traces change nothing and
+out-of-order or late traces give the same state as in-order ones. ``close_idle`` is the only
+time-dependent step: a session whose last turn is older than the inactivity gap (or that exceeds the
+maximum duration) is closed; a later turn reopens the *same* record.
+
+Nothing here does I/O; the stream processors persist and ship these states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._facts import TraceFacts
+
+SessionStatus = Literal["open", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Session boundaries. Times in milliseconds."""
+
+    inactivity_gap_ms: int = 30 * 60 * 1000
+    max_duration_ms: int | None = None
+
+
+@dataclass(slots=True)
+class SessionState:
+    """Everything known about one session. ``trace_ids`` makes :func:`apply` idempotent."""
+
+    session_id: str
+    experiment_id: str
+    first_ms: int
+    last_ms: int
+    last_end_ms: int
+    turns: int = 0
+    total_duration_ms: int = 0
+    error_turns: int = 0
+    user_ids: set[str] = field(default_factory=set)
+    first_key: tuple[int, str] = (0, "")
+    first_request_preview: str = ""
+    last_key: tuple[int, str] = (0, "")
+    last_response_preview: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    status: SessionStatus = "open"
+    inferred: bool = False
+    #: Bumped on every change; the store keeps the highest version of a session's record.
+    version: int = 0
+    trace_ids: set[str] = field(default_factory=set)
+
+    @property
+    def avg_duration_ms(self) -> float:
+        return self.total_duration_ms / self.turns if self.turns else 0.0
+
+    def record(self) -> dict[str, object]:
+        """The session record the sink stores (no dedup set)."""
+        return {
+            "session_id": self.session_id, "experiment_id": self.experiment_id,
+            "user_ids": sorted(self.user_ids), "first_ms": self.first_ms, "last_ms": self.last_ms,
+            "last_end_ms": self.last_end_ms, "turns": self.turns, "total_duration_ms": self.total_duration_ms,
+            "avg_duration_ms": self.avg_duration_ms, "error_turns": self.error_turns,
+            "first_request_preview": self.first_request_preview,
+            "last_response_preview": self.last_response_preview, "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens, "total_tokens": self.total_tokens, "status": self.status,
+            "inferred": self.inferred, "version": self.version,
+        }  # fmt: skip
+
+
+def new_session(facts: TraceFacts, session_id: str, inferred: bool = False) -> SessionState:
+    return SessionState(
+        session_id=session_id, experiment_id=facts.experiment_id, first_ms=facts.timestamp_ms,
+        last_ms=facts.timestamp_ms, last_end_ms=facts.timestamp_ms + facts.execution_time_ms,
+        first_key=(facts.timestamp_ms, facts.trace_id), last_key=(facts.timestamp_ms, facts.trace_id),
+        inferred=inferred,
+    )  # fmt: skip
+
+
+def apply(state: SessionState, facts: TraceFacts) -> bool:
+    """Add one trace to ``state`` in place. Returns ``False`` (and changes nothing) for a trace
+    already counted. A closed session that receives a turn is open again."""
+    if facts.trace_id in state.trace_ids:
+        return False
+    state.trace_ids.add(facts.trace_id)
+    key = (facts.timestamp_ms, facts.trace_id)
+    state.turns += 1
+    state.total_duration_ms += facts.execution_time_ms
+    state.error_turns += facts.error
+    state.first_ms = min(state.first_ms, facts.timestamp_ms)
+    state.last_ms = max(state.last_ms, facts.timestamp_ms)
+    state.last_end_ms = max(state.last_end_ms, facts.timestamp_ms + facts.execution_time_ms)
+    if facts.user_id:
+        state.user_ids.add(facts.user_id)
+    if state.turns == 1 or key <= state.first_key:
+        state.first_key, state.first_request_preview = key, facts.request_preview
+    if state.turns == 1 or key >= state.last_key:
+        state.last_key, state.last_response_preview = key, facts.response_preview
+    state.input_tokens += facts.input_tokens
+    state.output_tokens += facts.output_tokens
+    state.total_tokens += facts.total_tokens
+    state.status = "open"
+    state.version += 1
+    return True
+
+
+def close_due(state: SessionState, now_ms: int, config: SessionConfig) -> bool:
+    """Whether an open session should be closed at (event-time) ``now_ms``."""
+    if state.status != "open":
+        return False
+    if now_ms - state.last_end_ms >= config.inactivity_gap_ms:
+        return True
+    return config.max_duration_ms is not None and state.last_end_ms - state.first_ms >= config.max_duration_ms
+
+
+def close(state: SessionState) -> None:
+    """Close ``state`` in place: its record is then the session's final record (until a late turn)."""
+    state.status = "closed"
+    state.version += 1
+
+
+def inferred_session_id(user_id: str, start_ms: int) -> str:
+    """The id of an inferred session: its user and the time of its first turn."""
+    return f"inferred:{user_id}:{start_ms}"
