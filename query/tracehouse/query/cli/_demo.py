@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,15 +37,23 @@ class ModelError(RuntimeError):
     """A simulated upstream failure (rate limit, timeout)."""
 
 
+#: The random source and plan of the session being simulated: kept out of the traced arguments so
+#: that recorded inputs look like a real app's.
+_sim: contextvars.ContextVar[tuple[random.Random, DemoPlan]] = contextvars.ContextVar("tracehouse_demo")
+
+
 @tracehouse.trace(span_type="RETRIEVER")
-async def retrieve(query: str, rng: random.Random, scale: float) -> list[str]:
-    await asyncio.sleep(rng.uniform(0.02, 0.12) * scale)
+async def retrieve(query: str) -> list[str]:
+    rng, plan = _sim.get()
+    await asyncio.sleep(rng.uniform(0.02, 0.12) * plan.latency_scale)
     return [f"doc-{rng.randrange(1000)}" for _ in range(rng.randint(1, 4))]
 
 
 @tracehouse.trace(span_type="LLM")
-async def generate(message: str, docs: list[str], rng: random.Random, scale: float, fail: bool) -> str:
-    await asyncio.sleep(rng.lognormvariate(-0.7, 0.6) * scale)
+async def generate(message: str, docs: list[str]) -> str:
+    rng, plan = _sim.get()
+    fail = rng.random() < plan.error_rate
+    await asyncio.sleep(rng.lognormvariate(-0.7, 0.6) * plan.latency_scale)
     span = tracehouse.get_current_active_span()
     tokens_in, tokens_out = rng.randint(40, 900), rng.randint(10, 400)
     if span is not None:
@@ -58,25 +67,24 @@ async def generate(message: str, docs: list[str], rng: random.Random, scale: flo
 
 
 @tracehouse.trace(span_type="CHAIN")
-async def chat_completion(user_id: str, session_id: str, turn: int, message: str, rng: random.Random,
-                          plan: DemoPlan) -> str:  # fmt: skip
+async def chat_completion(user_id: str, session_id: str, turn: int, message: str) -> str:
     tracehouse.update_current_trace(
         metadata={"mlflow.trace.user": user_id, "mlflow.trace.session": session_id},
         client_request_id=f"req-{session_id}-{turn}",
         tags={"env": "demo", "app": "support-bot"},
     )
-    docs = await retrieve(message, rng, plan.latency_scale)
-    return await generate(message, docs, rng, plan.latency_scale, rng.random() < plan.error_rate)
+    return await generate(message, await retrieve(message))
 
 
 async def _session(user_id: str, session_id: str, turns: int, rng: random.Random, plan: DemoPlan,
                    done: Callable[[], None]) -> None:  # fmt: skip
+    _sim.set((rng, plan))
     topic = rng.choice(TOPICS)
     for turn in range(1, turns + 1):
         message = rng.choice(QUESTIONS).format(t=topic)
         # A failure is recorded as an ERROR trace; the user simply tries again.
         with contextlib.suppress(ModelError):
-            await chat_completion(user_id, session_id, turn, message, rng, plan)
+            await chat_completion(user_id, session_id, turn, message)
         done()
         await asyncio.sleep(rng.uniform(0.05, 0.3) * plan.latency_scale)
 
