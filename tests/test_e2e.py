@@ -198,9 +198,10 @@ def _tracehouse(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
                           timeout=120, env=env)  # fmt: skip
 
 
-def test_tracehouse_up_demo_query_and_clean_drain(tmp_path: Path) -> None:
+def _up_with_demo(data_dir: Path, queries: bool) -> tuple[int, list[str]]:
+    """Run `tracehouse up --demo` until its demo traffic is queryable, then Ctrl-C it.
+    Returns the number of demo traces sent and the output lines."""
     port, kafka_port = free_port(), free_port()
-    data_dir = tmp_path / "data"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tracehouse.query.cli", "up", "--port", str(port), "--kafka-port", str(kafka_port),
@@ -216,20 +217,21 @@ def test_tracehouse_up_demo_query_and_clean_drain(tmp_path: Path) -> None:
         assert any(f"127.0.0.1:{kafka_port}" in ln for ln in lines)
         wait_for(lambda: any(ln.startswith("demo: sent") for ln in lines), 90, "the demo to finish")
         sent = int(next(ln for ln in lines if ln.startswith("demo: sent")).split()[2])
-        url = f"http://127.0.0.1:{port}"
+        if queries:
+            url = f"http://127.0.0.1:{port}"
 
-        def stored() -> int:
-            out = _tracehouse("search", "--max-results", "100000", "--format", "json", "--uri", url)
-            return len(json.loads(out.stdout)) if out.returncode == 0 else -1
+            def stored() -> int:
+                out = _tracehouse("search", "--max-results", "100000", "--format", "json", "--uri", url)
+                return len(json.loads(out.stdout)) if out.returncode == 0 else -1
 
-        wait_for(lambda: stored() == sent, 60, f"{sent} demo traces to be queryable")
-        user = _tracehouse("user", "user-0000", "--format", "json", "--uri", url)
-        assert user.returncode == 0, user.stderr
-        assert json.loads(user.stdout)[0]["total_traces"] > 0
-        session = _tracehouse("session", "session-7-00000", "--format", "json", "--uri", url)
-        turns = json.loads(session.stdout)
-        assert [t["turn"] for t in turns] == list(range(1, len(turns) + 1))
-        assert httpx.get(url + "/").status_code == 200
+            wait_for(lambda: stored() == sent, 60, f"{sent} demo traces to be queryable")
+            user = _tracehouse("user", "user-0000", "--format", "json", "--uri", url)
+            assert user.returncode == 0, user.stderr
+            assert json.loads(user.stdout)[0]["total_traces"] > 0
+            session = _tracehouse("session", "session-7-00000", "--format", "json", "--uri", url)
+            turns = json.loads(session.stdout)
+            assert [t["turn"] for t in turns] == list(range(1, len(turns) + 1))
+            assert httpx.get(url + "/").status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -240,5 +242,17 @@ def test_tracehouse_up_demo_query_and_clean_drain(tmp_path: Path) -> None:
     reader.join(5)
     assert proc.returncode == 0, "\n".join(lines)
     assert any(ln.startswith("stopped:") for ln in lines), "\n".join(lines)
+    return sent, lines
+
+
+def test_tracehouse_up_demo_query_clean_drain_and_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first, _ = _up_with_demo(data_dir, queries=True)
     with Store(f"chdb://{data_dir / 'chdb'}") as store:  # the store is ours again once `up` is gone
-        assert store.query("SELECT count() FROM traces FINAL")[0][0] == sent
+        assert store.query("SELECT count() FROM traces FINAL")[0][0] == first
+    # A second run starts a fresh in-memory broker at offset 0 over the same store: its traces must not
+    # be mistaken for replays of the first run's batches.
+    second, lines = _up_with_demo(data_dir, queries=False)
+    assert any(ln.startswith(f"stopped: {second} events written") for ln in lines), "\n".join(lines)
+    with Store(f"chdb://{data_dir / 'chdb'}") as store:
+        assert store.query("SELECT count() FROM traces")[0][0] == first + second

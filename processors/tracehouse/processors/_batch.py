@@ -51,6 +51,7 @@ class PartitionBatch:
     records: int = 0
     dead_letters: list[PendingLetter] = field(default_factory=list)
     #: Progress of the flush, so a retry resumes where the last attempt failed.
+    checked: bool = False
     ledgered: bool = False
     written: bool = False
     rows_written: int = 0

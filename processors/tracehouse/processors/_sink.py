@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from tracehouse.schemas import FORMAT_NDJSON, HEADER_FORMAT, split_envelope
-from tracehouse.storage import Store, write_batch
+from tracehouse.storage import Store, existing_trace_ids, write_batch
 
 from ._batch import BatchLimits, PartitionBatch
 from ._config import SinkConfig
@@ -76,6 +76,8 @@ class SinkStats:
     rows_written: int
     #: Lines and whole messages dead-lettered.
     events_rejected: int
+    #: Trace events skipped because their trace id was already stored (first write wins).
+    duplicates_skipped: int
     #: Batches flushed and committed.
     batches: int
     #: Of those, batches rebuilt to a ledger row's bounds after a crash or a rebalance.
@@ -170,6 +172,7 @@ class Sink:
         self._events_written = 0
         self._rows_written = 0
         self._rejected = 0
+        self._duplicates = 0
         self._batches = 0
         self._replayed = 0
         self._flush_failures = 0
@@ -194,6 +197,7 @@ class Sink:
             events_written=self._events_written,
             rows_written=self._rows_written,
             events_rejected=self._rejected,
+            duplicates_skipped=self._duplicates,
             batches=self._batches,
             replayed_batches=self._replayed,
             flush_failures=self._flush_failures,
@@ -579,6 +583,17 @@ class Sink:
         """Worker thread: ledger row, then the rows with the batch's token. Must not commit."""
         assert self._ledger is not None
         assert self._store is not None
+        if not batch.replaying and not batch.checked:
+            # First write wins: a trace id stored by an earlier batch is a duplicate event (a retry, or
+            # an attempt to change immutable metadata). Checked once, before the first attempt, so a
+            # retry of this batch does not mistake its own rows for older ones. A replayed batch is
+            # left as it was first built: its dedup token already drops it whole.
+            duplicates = existing_trace_ids(self._store, batch.rows.trace_ids)
+            if duplicates:
+                self._duplicates += batch.rows.drop_traces(duplicates)
+                log.info("%s[%d]: skipped %d trace events already logged", batch.topic, batch.partition,
+                         len(duplicates))  # fmt: skip
+            batch.checked = True
         if not batch.ledgered:
             self._ledger.record(batch.topic, batch.partition, batch.first_offset, batch.last_offset)
             batch.ledgered = True

@@ -3,7 +3,7 @@
 from ._migrations import MIGRATIONS, Migration, current_version, latest_version, migrate
 from ._rows import TABLES, RowBatch, add_event_rows, value_text
 from ._store import Store, StoreURIError
-from ._writer import write_batch
+from ._writer import existing_trace_ids, write_batch
 
 __all__ = [
     "MIGRATIONS",
@@ -14,6 +14,7 @@ __all__ = [
     "StoreURIError",
     "add_event_rows",
     "current_version",
+    "existing_trace_ids",
     "latest_version",
     "migrate",
     "value_text",

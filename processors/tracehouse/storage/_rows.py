@@ -38,6 +38,8 @@ ASSESSMENT_COLUMNS: Final = (
     "source_id", "rationale", "valid", "metadata", "create_time_ms", "version", "is_deleted",
 )  # fmt: skip
 
+UINT64_MAX: Final = 2**64 - 1
+
 #: Which table each row kind goes to, and its columns.
 TABLES: Final[dict[str, tuple[str, ...]]] = {
     "traces": TRACE_COLUMNS,
@@ -52,13 +54,24 @@ class RowBatch:
     """Rows bound for each table, in the column order of :data:`TABLES`."""
 
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {t: [] for t in TABLES})
+    #: Trace ids in this batch: a trace is logged once, so a later event of the same id is ignored.
+    trace_ids: set[str] = field(default_factory=set)
 
     def add(self, event: Event) -> None:
         add_event_rows(self, event)
 
-    def extend(self, other: RowBatch) -> None:
-        for table, rows in other.rows.items():
-            self.rows[table].extend(rows)
+    def drop_traces(self, trace_ids: set[str]) -> int:
+        """Remove the trace events of ``trace_ids`` (their trace, span and logged-tag rows): they were
+        logged by an earlier batch. Later tag and assessment events are kept. Returns traces dropped."""
+        if not trace_ids:
+            return 0
+        traces = self.rows["traces"]
+        versions = {r[0]: r[3] * 1_000_000 for r in traces if r[0] in trace_ids}
+        self.rows["traces"] = [r for r in traces if r[0] not in trace_ids]
+        self.rows["spans"] = [r for r in self.rows["spans"] if r[0] not in trace_ids]
+        self.rows["trace_tags"] = [r for r in self.rows["trace_tags"] if versions.get(r[0]) != r[3]]
+        self.trace_ids -= trace_ids
+        return len(versions)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rows.values())
@@ -96,7 +109,8 @@ def _tokens(event: TraceEvent) -> tuple[int, int, int]:
                 totals[i] += v
     if not totals[2]:
         totals[2] = totals[0] + totals[1]
-    return totals[0], totals[1], totals[2]
+    # Counts come from apps: never let an absurd one make the whole batch's insert fail.
+    return min(totals[0], UINT64_MAX), min(totals[1], UINT64_MAX), min(totals[2], UINT64_MAX)
 
 
 def root_span_name(event: TraceEvent) -> str:
@@ -126,6 +140,8 @@ def add_event_rows(batch: RowBatch, event: Event) -> None:
 
 
 def _add_trace(batch: RowBatch, event: TraceEvent) -> None:
+    if event.trace_id in batch.trace_ids:
+        return  # first write wins: metadata is immutable once a trace is logged
     root = next((s for s in event.spans if s.parent_span_id is None), None)
     user, session = resolve_identity(event.metadata, root.attributes if root else None)
     user_id, session_id = user or "", session or ""
@@ -157,3 +173,4 @@ def _add_trace(batch: RowBatch, event: TraceEvent) -> None:
     tag_rows = batch.rows["trace_tags"]
     for key, value in tags.items():
         tag_rows.append((event.trace_id, key, value, version, 0))
+    batch.trace_ids.add(event.trace_id)

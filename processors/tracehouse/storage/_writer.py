@@ -10,6 +10,10 @@ from __future__ import annotations
 from ._rows import TABLES, RowBatch
 from ._store import Store
 
+#: A backfill may span many months (one ClickHouse partition each); the default of 100 per insert
+#: would make such a batch fail on every retry.
+_INSERT_SETTINGS = {"max_partitions_per_insert_block": 1000}
+
 
 def write_batch(store: Store, batch: RowBatch, token: str | None = None) -> int:
     """Insert every non-empty table of ``batch``. Returns the number of rows written."""
@@ -17,7 +21,19 @@ def write_batch(store: Store, batch: RowBatch, token: str | None = None) -> int:
     for table, rows in batch.rows.items():
         if not rows:
             continue
-        settings = {"insert_deduplication_token": f"{token}:{table}"} if token else {}
+        settings: dict[str, object] = dict(_INSERT_SETTINGS)
+        if token:
+            settings["insert_deduplication_token"] = f"{token}:{table}"
         store.insert(table, rows, TABLES[table], settings=settings)
         written += len(rows)
     return written
+
+
+def existing_trace_ids(store: Store, trace_ids: set[str]) -> set[str]:
+    """Which of ``trace_ids`` are already stored (the ``trace_id`` bloom filter keeps this cheap)."""
+    if not trace_ids:
+        return set()
+    rows = store.query(
+        "SELECT DISTINCT trace_id FROM traces WHERE trace_id IN {ids:Array(String)}", {"ids": sorted(trace_ids)}
+    )
+    return {str(r[0]) for r in rows}

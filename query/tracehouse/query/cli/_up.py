@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -72,7 +73,12 @@ async def _up(opts: UpOptions) -> None:
         store_uri = f"chdb://{data_dir / 'chdb'}"
         store = Store(store_uri)
         migrate(store)
-        sink = Sink(SinkConfig.resolve(bootstrap=broker.bootstrap, topic_prefix=prefix, store_uri=store_uri), store)
+        # The in-memory broker starts every run at offset 0 while the store (with the sink's ledger and
+        # ClickHouse's dedup window) persists, so each run consumes as a group of its own: otherwise a
+        # new run's batches would carry the ledger bounds and dedup tokens of an old run's and be dropped.
+        group = f"tracehouse-sink.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+        config = SinkConfig.resolve(bootstrap=broker.bootstrap, topic_prefix=prefix, store_uri=store_uri, group_id=group)
+        sink = Sink(config, store)
         sink_task = asyncio.create_task(sink.run(), name="tracehouse-sink")
 
         server = uvicorn.Server(
