@@ -159,3 +159,26 @@ def test_unreachable_server_says_how_to_fix_it() -> None:
     client = TraceClient(f"http://127.0.0.1:{free_port()}")
     with client, pytest.raises(ConnectionError, match="tracehouse up"):
         client.search_traces()
+
+
+def test_ids_with_url_characters_mean_the_same_over_http(served: tuple[Store, str, list[TraceEvent]]) -> None:
+    store, url, _ = served
+    direct = TraceClient.from_store(store)
+    with TraceClient(url) as remote:
+        for user in ("user-1#x", "user-1?experiment_id=nope", "a/b", "user-1"):
+            assert remote.user_summary(user).to_dict() == direct.user_summary(user).to_dict()
+        assert remote.get_trace("../users/user-1") is None
+        odd = "session-004/.."
+        assert remote.session_timeline(odd).to_dict() == direct.session_timeline(odd).to_dict()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"filter": 5}, {"page_token": ["x"]}, {"experiment_ids": "10"}, {"filter": "tag.env LIKE 'a\\\\'"}],
+    ids=["filter-int", "token-list", "exps-str", "like-trailing-backslash"],
+)
+def test_malformed_search_bodies_are_400s(served: tuple[Store, str, list[TraceEvent]], body: dict[str, object]) -> None:
+    _, url, _ = served
+    resp = httpx.post(f"{url}/api/3.0/mlflow/traces/search", json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error_code"] == "INVALID_PARAMETER_VALUE"

@@ -41,15 +41,16 @@ def test_drop_traces_keeps_later_tag_events(store: Store) -> None:
     batch.add(decode_event(example("tag_set")))
     trace_id = "tr-4f3c2a1b0e9d8c7b6a5f4e3d2c1b0a99"
     assert batch.drop_traces({trace_id}) == 1
-    assert batch.rows["traces"] == [] and batch.rows["spans"] == []
+    assert batch.rows["traces"] == []
+    assert batch.rows["spans"] == []
     assert [(r[1], r[2]) for r in batch.rows["trace_tags"]] == [("reviewed", "yes")]
 
 
 def test_absurd_token_counts_and_backfills_still_insert(store: Store) -> None:
     huge = {"input_tokens": 2**63, "output_tokens": 2**63, "total_tokens": 2**64 + 5}
     batch = RowBatch()
-    batch.add(decode_event(_trace("tr-" + "c" * 32, "u", metadata={"mlflow.trace.user": "u",
-                                                                   "mlflow.trace.tokenUsage": json.dumps(huge)})))  # fmt: skip
+    usage = {"mlflow.trace.user": "u", "mlflow.trace.tokenUsage": json.dumps(huge)}
+    batch.add(decode_event(_trace("tr-" + "c" * 32, "u", metadata=usage)))
     month = 31 * 86_400_000
     for i in range(130):  # one trace per month over ~11 years: more than 100 partitions in one insert
         batch.add(decode_event(_trace(f"tr-{i:032x}", "u", ts=T0 - i * month)))
@@ -76,4 +77,5 @@ def test_sink_skips_a_trace_id_logged_by_an_earlier_batch(
 
     asyncio.run(main())
     assert store.query(f"SELECT user_id, timestamp_ms FROM traces WHERE trace_id = 'tr-{'d' * 32}'") == [("alice", T0)]
-    assert store.query(f"SELECT value FROM trace_tags FINAL WHERE trace_id = 'tr-{'d' * 32}' AND key = 'v'") == [("alice",)]
+    tags = store.query(f"SELECT value FROM trace_tags FINAL WHERE trace_id = 'tr-{'d' * 32}' AND key = 'v'")
+    assert tags == [("alice",)]

@@ -49,6 +49,11 @@ def _client_kwargs(uri: str) -> tuple[dict[str, Any], str]:
     )
 
 
+#: Reads are bounded so that one runaway query cannot hold the store (and, in `tracehouse up`, the
+#: sink's inserts behind the same lock) indefinitely.
+READ_SETTINGS = {"max_execution_time": 30}
+
+
 class Store:
     """A thread-safe handle on one ClickHouse database."""
 
@@ -68,13 +73,13 @@ class Store:
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a SELECT and return its rows as tuples."""
         with self._lock:
-            result = self._client.query(sql, parameters=dict(parameters or {}))
+            result = self._client.query(sql, parameters=dict(parameters or {}), settings=READ_SETTINGS)
             return [tuple(r) for r in result.result_rows]
 
     def query_dicts(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a SELECT and return its rows as dicts keyed by column name."""
         with self._lock:
-            result = self._client.query(sql, parameters=dict(parameters or {}))
+            result = self._client.query(sql, parameters=dict(parameters or {}), settings=READ_SETTINGS)
             names = result.column_names
             return [dict(zip(names, r, strict=True)) for r in result.result_rows]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from urllib.parse import quote
 
 from ._entities import Trace
 
@@ -137,7 +138,7 @@ class _HttpBackend:
 
     def get_trace(self, trace_id: str) -> Trace | None:
         try:
-            out = self._call("GET", f"/api/tracehouse/v1/traces/{trace_id}")
+            out = self._call("GET", f"/api/tracehouse/v1/traces/{quote(trace_id, safe='')}")
         except RemoteError as exc:
             if exc.status == 404:
                 return None
@@ -148,7 +149,7 @@ class _HttpBackend:
         from ._analysis import UserSummary
 
         params = {"experiment_id": experiment_ids} if experiment_ids else None
-        out = self._call("GET", f"/api/tracehouse/v1/users/{user_id}", params=params)
+        out = self._call("GET", f"/api/tracehouse/v1/users/{quote(user_id, safe='')}", params=params)
         return UserSummary.from_dict(out["user"])
 
     def session_timeline(
@@ -161,7 +162,7 @@ class _HttpBackend:
             params["experiment_id"] = experiment_ids
         if page_token:
             params["page_token"] = page_token
-        out = self._call("GET", f"/api/tracehouse/v1/sessions/{session_id}", params=params)
+        out = self._call("GET", f"/api/tracehouse/v1/sessions/{quote(session_id, safe='')}", params=params)
         return SessionTimeline.from_dict(out["session"])
 
     def close(self) -> None:
@@ -231,13 +232,14 @@ class TraceClient:
         """One trace with its spans, current tags and assessments, or ``None``."""
         return self._backend.get_trace(trace_id)
 
-    def user_summary(self, user_id: str, experiment_ids: Sequence[str] | None = None) -> UserSummary:
+    def user_summary(self, user_id: str, *, experiment_ids: Sequence[str] | None = None) -> UserSummary:
         """A user's interactions, unique sessions, response times and errors, computed in ClickHouse."""
         return self._backend.user_summary(user_id, list(experiment_ids) if experiment_ids else None)
 
     def session_timeline(
         self,
         session_id: str,
+        *,
         experiment_ids: Sequence[str] | None = None,
         page_token: str | None = None,
         max_results: int = 100,

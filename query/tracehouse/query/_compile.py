@@ -29,6 +29,7 @@ from typing import Final
 
 from tracehouse.schemas import TRACE_SESSION, TRACE_USER
 
+from ._errors import InvalidFilterError
 from ._filter import Comparison, Value, parse_filter
 from ._grammar import ISSUE_ID_KEY, LINKED_PROMPTS_TAG, Entity
 from ._params import Params
@@ -60,6 +61,14 @@ def string_predicate(expr: str, comparator: str, value: Value, params: Params) -
     if comparator in ("IN", "NOT IN"):
         items = list(value) if isinstance(value, tuple) else [str(value)]
         return f"{expr} {comparator} {params.add(items, 'Array(String)')}"
+    if comparator in ("LIKE", "ILIKE"):
+        pattern = str(value)
+        if (len(pattern) - len(pattern.rstrip("\\"))) % 2:
+            raise InvalidFilterError(
+                f"Invalid {comparator} pattern {pattern!r}: it ends with an unescaped backslash "
+                "(write \\\\ for a literal backslash)",
+                token=pattern,
+            )
     placeholder = params.add(str(value), "String")
     if comparator == "RLIKE":
         return f"match({expr}, {placeholder})"

@@ -7,6 +7,7 @@ with a 4xx for bad input: MLflow's client retries any 5xx for minutes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
@@ -24,6 +25,8 @@ from ._entities import Trace
 from ._reader import TraceReader
 
 MAX_PAGE = 500
+
+log = logging.getLogger("tracehouse.server")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -52,6 +55,9 @@ def _guard(handler: Handler) -> Handler:
             return _error(exc.status, exc.code, exc.message)
         except ValueError as exc:  # typed filter / order_by / page token errors are ValueErrors
             return _error(400, getattr(exc, "error_code", "INVALID_PARAMETER_VALUE"), str(exc))
+        except Exception as exc:  # keep the MLflow error shape even for our own failures
+            log.exception("request %s %s failed", request.method, request.url.path)
+            return _error(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
 
     return wrapped
 
@@ -81,10 +87,25 @@ def _max_results(value: Any, default: int = 100) -> int:
     return min(n, MAX_PAGE)
 
 
+def _optional_str(body: Mapping[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = body.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", f"{name} must be a string, got {type(value).__name__}")
+        return value
+    return None
+
+
 def _experiment_ids(body: Mapping[str, Any]) -> list[str] | None:
-    ids: list[str] = [str(e) for e in body.get("experiment_ids") or []]
-    for loc in body.get("locations") or []:
-        exp = (loc or {}).get("mlflow_experiment") or {}
+    raw = body.get("experiment_ids") or []
+    locations = body.get("locations") or []
+    if not isinstance(raw, list) or not isinstance(locations, list):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "experiment_ids and locations must be lists")
+    ids: list[str] = [str(e) for e in raw]
+    for loc in locations:
+        exp = (loc or {}).get("mlflow_experiment") or {} if isinstance(loc, dict) else {}
         if "experiment_id" in exp:
             ids.append(str(exp["experiment_id"]))
     return ids or None
@@ -108,10 +129,10 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
         page = await run_in_threadpool(
             rd.search_traces,
             experiment_ids=_experiment_ids(body),
-            filter_string=body.get("filter") or body.get("filter_string") or None,
+            filter_string=_optional_str(body, "filter", "filter_string"),
             max_results=_max_results(body.get("max_results")),
             order_by=_order_by(body.get("order_by")),
-            page_token=body.get("page_token") or None,
+            page_token=_optional_str(body, "page_token"),
             include_spans=include_spans,
         )
         return {"traces": page.traces, "next_page_token": page.next_page_token}
@@ -184,10 +205,10 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
         Route("/", index),
         Route("/health", health),
         Route("/api/tracehouse/v1/traces/search", th_search, methods=["POST"]),
-        Route("/api/tracehouse/v1/traces/{trace_id}", th_get_trace),
-        Route("/api/tracehouse/v1/users/{user_id}", th_user),
-        Route("/api/tracehouse/v1/sessions/{session_id}", th_session),
+        Route("/api/tracehouse/v1/traces/{trace_id:path}", th_get_trace),
+        Route("/api/tracehouse/v1/users/{user_id:path}", th_user),
+        Route("/api/tracehouse/v1/sessions/{session_id:path}", th_session),
         Route("/api/3.0/mlflow/traces/search", mlflow_search, methods=["POST"]),
-        Route("/api/3.0/mlflow/traces/{trace_id}", mlflow_trace_info),
+        Route("/api/3.0/mlflow/traces/{trace_id:path}", mlflow_trace_info),
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found})

@@ -165,7 +165,7 @@ def user(user_id: str, experiment_ids: tuple[str, ...], fmt: str, uri: str | Non
     """Behaviour summary of one user: interactions, sessions, response times, errors."""
     try:
         with _client(uri) as client:
-            summary = client.user_summary(user_id, list(experiment_ids) or None)
+            summary = client.user_summary(user_id, experiment_ids=list(experiment_ids) or None)
     except (ValueError, ConnectionError) as exc:
         _fail(exc)
     render_mapping(summary.to_dict(), fmt, title=f"user {user_id}")
@@ -183,7 +183,9 @@ def session(session_id: str, max_results: int, page_token: str | None, experimen
     """Timeline of one session: its turns in order with time, duration and status."""
     try:
         with _client(uri) as client:
-            timeline = client.session_timeline(session_id, list(experiment_ids) or None, page_token, max_results)
+            timeline = client.session_timeline(
+                session_id, experiment_ids=list(experiment_ids) or None, page_token=page_token, max_results=max_results
+            )
     except (ValueError, ConnectionError) as exc:
         _fail(exc)
     data = timeline.to_dict()

@@ -77,7 +77,9 @@ async def _up(opts: UpOptions) -> None:
         # ClickHouse's dedup window) persists, so each run consumes as a group of its own: otherwise a
         # new run's batches would carry the ledger bounds and dedup tokens of an old run's and be dropped.
         group = f"tracehouse-sink.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
-        config = SinkConfig.resolve(bootstrap=broker.bootstrap, topic_prefix=prefix, store_uri=store_uri, group_id=group)
+        config = SinkConfig.resolve(
+            bootstrap=broker.bootstrap, topic_prefix=prefix, store_uri=store_uri, group_id=group
+        )
         sink = Sink(config, store)
         sink_task = asyncio.create_task(sink.run(), name="tracehouse-sink")
 
@@ -104,7 +106,14 @@ async def _up(opts: UpOptions) -> None:
         demo_thread = _start_demo(broker.bootstrap, prefix) if opts.demo else None
 
         await _wait_first(stop, sink_task, server_task)
-        click.echo("draining in-flight events into ClickHouse…")
+        click.echo("draining in-flight events into ClickHouse… (Ctrl-C again stops now, losing what is not drained)")
+
+        def stop_now() -> None:
+            click.echo("stopping without draining")
+            broker.stop()
+            os._exit(130)
+
+        loop.add_signal_handler(signal.SIGINT, stop_now)
         if demo_thread is not None:
             demo_thread.join(timeout=opts.drain_timeout)
         drained = await _drain(sink, opts.drain_timeout)
