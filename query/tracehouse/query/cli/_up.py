@@ -44,6 +44,7 @@ class UpOptions:
 def run_up(opts: UpOptions) -> None:
     """Run until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # group joins and rebalances are routine here
     asyncio.run(_up(opts))
 
 
