@@ -186,3 +186,13 @@ def test_facts_are_read_without_spans() -> None:
     aliased = facts_from_line(example("trace_error"))
     assert aliased is not None
     assert (aliased.user_id, aliased.session_id, aliased.error) == ("user-9", "conv-9", True)
+
+
+def test_state_ships_as_a_valid_session_record() -> None:
+    from tracehouse.schemas import SessionRecord, decode_event, encode_event
+
+    state = new_session(TraceFacts("tr-a", T0, 10, True, user_id="u1", session_id="s"), "s")
+    apply(state, TraceFacts("tr-a", T0, 10, True, user_id="u1", session_id="s", request_preview="hi"))
+    record = decode_event(encode_event(state.to_record()))
+    assert isinstance(record, SessionRecord)
+    assert (record.session_id, record.turns, record.error_turns, record.user_ids) == ("s", 1, 1, ["u1"])

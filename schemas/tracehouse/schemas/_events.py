@@ -114,5 +114,30 @@ class AssessmentEvent(msgspec.Struct, frozen=True, omit_defaults=True, tag_field
     schema_version: Literal[1] = 1
 
 
-Event = TraceEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent
-EVENT_TYPES: Final = (TraceEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent)
+class SessionRecord(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag="session"):
+    """The current state of a session, emitted by the sessionizer on topic ``sessions.v1`` (keyed by
+    session id). The newest ``version`` of a session wins; a closed session reopened by a late turn
+    keeps its id and gets a higher version."""
+
+    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=250)]
+    first_ms: UnixMillis
+    last_ms: UnixMillis
+    last_end_ms: UnixMillis
+    turns: Annotated[int, msgspec.Meta(ge=0)]
+    version: Annotated[int, msgspec.Meta(ge=0)]
+    experiment_id: ExperimentId = "0"
+    user_ids: list[Annotated[str, msgspec.Meta(max_length=250)]] = []
+    total_duration_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    error_turns: Annotated[int, msgspec.Meta(ge=0)] = 0
+    first_request_preview: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
+    last_response_preview: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
+    input_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    total_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    status: Literal["open", "closed"] = "open"
+    inferred: bool = False
+    schema_version: Literal[1] = 1
+
+
+Event = TraceEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent | SessionRecord
+EVENT_TYPES: Final = (TraceEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent, SessionRecord)

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tracehouse.schemas import SessionRecord
+
 from ._facts import TraceFacts
 
 SessionStatus = Literal["open", "closed"]
@@ -57,6 +59,17 @@ class SessionState:
     @property
     def avg_duration_ms(self) -> float:
         return self.total_duration_ms / self.turns if self.turns else 0.0
+
+    def to_record(self) -> SessionRecord:
+        """The record shipped on ``sessions.v1`` and stored by the sink."""
+        return SessionRecord(
+            session_id=self.session_id, experiment_id=self.experiment_id, user_ids=sorted(self.user_ids),
+            first_ms=self.first_ms, last_ms=self.last_ms, last_end_ms=self.last_end_ms, turns=self.turns,
+            total_duration_ms=self.total_duration_ms, error_turns=self.error_turns,
+            first_request_preview=self.first_request_preview, last_response_preview=self.last_response_preview,
+            input_tokens=self.input_tokens, output_tokens=self.output_tokens, total_tokens=self.total_tokens,
+            status=self.status, inferred=self.inferred, version=self.version,
+        )  # fmt: skip
 
     def record(self) -> dict[str, object]:
         """The session record the sink stores (no dedup set)."""
