@@ -37,6 +37,8 @@ class SinkConfig:
     client_id: str = "tracehouse-sink"
     #: Dead-letter topic; ``None`` means ``Topics(topic_prefix).dlq``.
     dlq_topic: str | None = None
+    #: Also consume the sessionizer's ``sessions.v1`` records into the ``sessions`` table.
+    consume_sessions: bool = True
     #: A partition's batch is flushed when it holds this many rows (all tables together) ...
     max_batch_rows: int = 50_000
     #: ... or this many bytes of envelope payload ...
@@ -109,8 +111,21 @@ class SinkConfig:
 
     @property
     def source_topic(self) -> str:
-        """The topic the sink consumes: trace, tag and assessment envelopes."""
+        """The trace topic the sink consumes: trace, tag and assessment envelopes."""
         return self.topics.traces
+
+    @property
+    def sessions_topic(self) -> str:
+        """The sessionizer's topic: session records (newest version wins in ``sessions``)."""
+        return self.topics.sessions
+
+    @property
+    def source_topics(self) -> tuple[str, ...]:
+        """Every topic the sink subscribes to. The ledger and the dedup tokens are per topic and
+        partition, so one consumer group serves them all."""
+        if self.consume_sessions:
+            return (self.source_topic, self.sessions_topic)
+        return (self.source_topic,)
 
     @property
     def dead_letter_topic(self) -> str:

@@ -66,7 +66,7 @@ Partition = tuple[str, int]
 class SinkStats:
     """Counters of one :class:`Sink` since it was created."""
 
-    #: Kafka messages taken from the source topic.
+    #: Kafka messages taken from the source topics.
     envelopes: int
     #: Event lines seen inside them.
     lines: int
@@ -307,10 +307,10 @@ class Sink:
             await self._or_stop(self._consumer.start())
         except _Stopped:
             return
-        self._consumer.subscribe([cfg.source_topic], listener=_Rebalance(self))
+        self._consumer.subscribe(list(cfg.source_topics), listener=_Rebalance(self))
         log.info(
             "sink consuming %s as group %s into %s (dead letters to %s)",
-            cfg.source_topic, cfg.group_id, self._store.uri, cfg.dead_letter_topic,
+            ", ".join(cfg.source_topics), cfg.group_id, self._store.uri, cfg.dead_letter_topic,
         )  # fmt: skip
 
     async def _drain(self) -> None:

@@ -1,12 +1,13 @@
 """ClickHouse storage: connection by URI, versioned migrations, row layout and idempotent writes."""
 
 from ._migrations import MIGRATIONS, Migration, current_version, latest_version, migrate
-from ._rows import TABLES, RowBatch, add_event_rows, value_text
+from ._rows import SESSION_COLUMNS, TABLES, RowBatch, add_event_rows, session_row, value_text
 from ._store import Store, StoreURIError
 from ._writer import existing_trace_ids, write_batch
 
 __all__ = [
     "MIGRATIONS",
+    "SESSION_COLUMNS",
     "TABLES",
     "Migration",
     "RowBatch",
@@ -17,6 +18,7 @@ __all__ = [
     "existing_trace_ids",
     "latest_version",
     "migrate",
+    "session_row",
     "value_text",
     "write_batch",
 ]

@@ -145,6 +145,43 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "sessions: the newest record of each session from the sessionizer",
+        (
+            # One row per (session, version) as the sessionizer emits them on sessions.v1; the highest
+            # version collapses the others under ReplacingMergeTree(version), and reads use FINAL. A
+            # replayed batch is dropped by insert_deduplication_token, and a replayed record of the
+            # same version is harmless. user_id is the first of user_ids ('' if none).
+            """
+            CREATE TABLE IF NOT EXISTS sessions (
+                session_id String,
+                experiment_id LowCardinality(String),
+                user_id String,
+                user_ids Array(String),
+                first_ms Int64,
+                last_ms Int64,
+                last_end_ms Int64,
+                turns UInt64,
+                error_turns UInt64,
+                total_duration_ms UInt64,
+                first_request_preview String,
+                last_response_preview String,
+                input_tokens UInt64,
+                output_tokens UInt64,
+                total_tokens UInt64,
+                status LowCardinality(String),
+                inferred UInt8,
+                version UInt64,
+                ingested_at DateTime64(3) DEFAULT now64(3),
+                INDEX ix_user user_id TYPE bloom_filter(0.001) GRANULARITY 1,
+                INDEX ix_user_ids user_ids TYPE bloom_filter(0.01) GRANULARITY 1
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY (experiment_id, session_id)
+            SETTINGS non_replicated_deduplication_window = 10000
+            """,
+        ),
+    ),
 )
 
 

@@ -17,6 +17,7 @@ from tracehouse.schemas import (
     TRACE_TOKEN_USAGE,
     AssessmentEvent,
     Event,
+    SessionRecord,
     TagDeleteEvent,
     TagSetEvent,
     TraceEvent,
@@ -37,6 +38,11 @@ ASSESSMENT_COLUMNS: Final = (
     "assessment_id", "trace_id", "session_id", "name", "kind", "value", "value_text", "source_type",
     "source_id", "rationale", "valid", "metadata", "create_time_ms", "version", "is_deleted",
 )  # fmt: skip
+SESSION_COLUMNS: Final = (
+    "session_id", "experiment_id", "user_id", "user_ids", "first_ms", "last_ms", "last_end_ms", "turns",
+    "error_turns", "total_duration_ms", "first_request_preview", "last_response_preview", "input_tokens",
+    "output_tokens", "total_tokens", "status", "inferred", "version",
+)  # fmt: skip
 
 UINT64_MAX: Final = 2**64 - 1
 
@@ -46,6 +52,7 @@ TABLES: Final[dict[str, tuple[str, ...]]] = {
     "spans": SPAN_COLUMNS,
     "trace_tags": TAG_COLUMNS,
     "assessments": ASSESSMENT_COLUMNS,
+    "sessions": SESSION_COLUMNS,
 }
 
 
@@ -137,6 +144,23 @@ def add_event_rows(batch: RowBatch, event: Event) -> None:
                 event.create_time_ms, event.create_time_ms, 0,
             )
         )
+    elif isinstance(event, SessionRecord):
+        batch.rows["sessions"].append(session_row(event))
+
+
+def session_row(event: SessionRecord) -> tuple[Any, ...]:
+    """The ``sessions`` row of one session record (counts capped to fit ``UInt64``)."""
+
+    def u64(v: int) -> int:
+        return min(v, UINT64_MAX)
+
+    return (
+        event.session_id, event.experiment_id, event.user_ids[0] if event.user_ids else "",
+        list(event.user_ids), event.first_ms, event.last_ms, event.last_end_ms, u64(event.turns),
+        u64(event.error_turns), u64(event.total_duration_ms), event.first_request_preview,
+        event.last_response_preview, u64(event.input_tokens), u64(event.output_tokens),
+        u64(event.total_tokens), event.status, int(event.inferred), u64(event.version),
+    )  # fmt: skip
 
 
 def _add_trace(batch: RowBatch, event: TraceEvent) -> None:

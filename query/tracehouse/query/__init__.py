@@ -11,7 +11,7 @@ from ._analysis import SessionTimeline, SessionTurn, UserSummary, session_timeli
 from ._assessment import Assessment, AssessmentSource
 from ._client import PagedList, RemoteError, TraceClient, search_traces
 from ._compile import filter_to_sql
-from ._dataframe import DATAFRAME_COLUMNS, traces_to_dataframe
+from ._dataframe import DATAFRAME_COLUMNS, SESSION_DATAFRAME_COLUMNS, sessions_to_dataframe, traces_to_dataframe
 from ._entities import Trace, TraceData, TraceInfo, TraceMetadata, TraceState, TraceStatus
 from ._errors import (
     INVALID_PARAMETER_VALUE,
@@ -26,12 +26,23 @@ from ._grammar import Entity
 from ._order import OrderKey, parse_order_by
 from ._paging import MAX_PAGE_SIZE
 from ._reader import TracePage, TraceReader, collect_traces
+from ._sessions import (
+    SESSION_ORDER_KEYS,
+    SessionDetail,
+    SessionPage,
+    SessionSummary,
+    get_session,
+    list_sessions,
+    session_summary,
+)
 from ._span import Span, SpanEvent, SpanStatusCode
 
 __all__ = [
     "DATAFRAME_COLUMNS",
     "INVALID_PARAMETER_VALUE",
     "MAX_PAGE_SIZE",
+    "SESSION_DATAFRAME_COLUMNS",
+    "SESSION_ORDER_KEYS",
     "Assessment",
     "AssessmentSource",
     "Comparison",
@@ -44,6 +55,9 @@ __all__ = [
     "OrderKey",
     "PagedList",
     "RemoteError",
+    "SessionDetail",
+    "SessionPage",
+    "SessionSummary",
     "SessionTimeline",
     "SessionTurn",
     "Span",
@@ -61,10 +75,14 @@ __all__ = [
     "UserSummary",
     "collect_traces",
     "filter_to_sql",
+    "get_session",
+    "list_sessions",
     "parse_filter",
     "parse_order_by",
     "search_traces",
+    "session_summary",
     "session_timeline",
+    "sessions_to_dataframe",
     "traces_to_dataframe",
     "user_summary",
 ]

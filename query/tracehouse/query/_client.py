@@ -13,7 +13,7 @@ objects as JSON that :meth:`Trace.from_dict` rebuilds losslessly.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tracehouse.storage import Store
 
     from ._analysis import SessionTimeline, UserSummary
+    from ._sessions import SessionDetail, SessionPage, SessionSummary
 
 DEFAULT_URI = "http://127.0.0.1:5000"
 PAGE_LIMIT = 500
@@ -62,6 +63,12 @@ class _Backend(Protocol):
         self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
     ) -> SessionTimeline: ...
 
+    def list_sessions(self, query: dict[str, Any]) -> SessionPage: ...
+
+    def get_session(
+        self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
+    ) -> SessionDetail: ...
+
     def close(self) -> None: ...
 
 
@@ -92,6 +99,14 @@ class _StoreBackend:
         self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
     ) -> SessionTimeline:
         return self._reader.session_timeline(session_id, experiment_ids, page_token, max_results)
+
+    def list_sessions(self, query: dict[str, Any]) -> SessionPage:
+        return self._reader.list_sessions(**query)
+
+    def get_session(
+        self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
+    ) -> SessionDetail:
+        return self._reader.get_session(session_id, page_token, max_results, experiment_ids)
 
     def close(self) -> None:
         if self._owned:
@@ -164,6 +179,36 @@ class _HttpBackend:
             params["page_token"] = page_token
         out = self._call("GET", f"/api/tracehouse/v1/sessions/{quote(session_id, safe='')}", params=params)
         return SessionTimeline.from_dict(out["session"])
+
+    def list_sessions(self, query: dict[str, Any]) -> SessionPage:
+        from ._sessions import SessionPage
+
+        params: dict[str, Any] = {}
+        for name, value in query.items():
+            if value is None or value == [] or value == "":
+                continue
+            if name == "experiment_ids":
+                params["experiment_id"] = value
+            else:
+                params[name] = value
+        return SessionPage.from_dict(self._call("GET", "/api/tracehouse/v1/sessions", params=params))
+
+    def get_session(
+        self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
+    ) -> SessionDetail:
+        from ._analysis import SessionTimeline
+        from ._sessions import SessionDetail, SessionSummary
+
+        params: dict[str, Any] = {"max_results": max_results}
+        if experiment_ids:
+            params["experiment_id"] = experiment_ids
+        if page_token:
+            params["page_token"] = page_token
+        out = self._call("GET", f"/api/tracehouse/v1/sessions/{quote(session_id, safe='')}", params=params)
+        summary = out.get("summary")
+        return SessionDetail(session_id=session_id,
+                             summary=SessionSummary.from_dict(summary) if summary else None,
+                             timeline=SessionTimeline.from_dict(out["session"]))  # fmt: skip
 
     def close(self) -> None:
         self._http.close()
@@ -246,6 +291,77 @@ class TraceClient:
     ) -> SessionTimeline:
         """A session's turns in order (turn number, time, duration, status), one page at a time."""
         return self._backend.session_timeline(
+            session_id, list(experiment_ids) if experiment_ids else None, page_token, max_results
+        )
+
+    def list_sessions(
+        self,
+        user_id: str | None = None,
+        *,
+        experiment_ids: Sequence[str] | None = None,
+        status: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        order_by: str | Sequence[str] | None = None,
+        max_results: int = 100,
+        page_token: str | None = None,
+    ) -> SessionPage:
+        """One page (≤ 500) of sessions, the newest record of each; see :func:`tracehouse.query.list_sessions`."""
+        orders = [order_by] if isinstance(order_by, str) else list(order_by) if order_by else None
+        return self._backend.list_sessions({
+            "user_id": user_id, "experiment_ids": list(experiment_ids) if experiment_ids else None,
+            "status": status, "since": since, "until": until, "order_by": orders,
+            "max_results": max_results, "page_token": page_token,
+        })  # fmt: skip
+
+    def iter_sessions(self, user_id: str | None = None, **kwargs: Any) -> Iterator[SessionSummary]:
+        """Every matching session, page by page (``kwargs`` as :meth:`list_sessions`)."""
+        token = kwargs.pop("page_token", None)
+        kwargs.setdefault("max_results", PAGE_LIMIT)
+        while True:
+            page = self.list_sessions(user_id, page_token=token, **kwargs)
+            yield from page.sessions
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_sessions_df(
+        self,
+        user_id: str | None = None,
+        *,
+        experiment_ids: Sequence[str] | None = None,
+        status: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        order_by: str | Sequence[str] | None = None,
+        max_results: int | None = 100,
+    ) -> pd.DataFrame:
+        """Sessions as a DataFrame (one row per session, the columns of :class:`SessionSummary`),
+        following pages until ``max_results`` (``None``: all)."""
+        from ._dataframe import sessions_to_dataframe
+
+        out: list[SessionSummary] = []
+        token: str | None = None
+        while max_results is None or len(out) < max_results:
+            want = PAGE_LIMIT if max_results is None else min(PAGE_LIMIT, max_results - len(out))
+            page = self.list_sessions(user_id, experiment_ids=experiment_ids, status=status, since=since,
+                                      until=until, order_by=order_by, max_results=want, page_token=token)  # fmt: skip
+            out.extend(page.sessions)
+            token = page.next_page_token
+            if not token:
+                break
+        return sessions_to_dataframe(out)
+
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        experiment_ids: Sequence[str] | None = None,
+        page_token: str | None = None,
+        max_results: int = 100,
+    ) -> SessionDetail:
+        """A session's stored summary (``None`` if not recorded) and one page of its turns."""
+        return self._backend.get_session(
             session_id, list(experiment_ids) if experiment_ids else None, page_token, max_results
         )
 

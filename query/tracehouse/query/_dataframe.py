@@ -12,6 +12,8 @@ from ._entities import Trace
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ._sessions import SessionSummary
+
 #: MLflow 3's ``search_traces`` DataFrame columns, in order.
 DATAFRAME_COLUMNS: Final = (
     "trace_id", "trace", "client_request_id", "state", "request_time", "execution_duration",
@@ -54,3 +56,19 @@ def traces_to_dataframe(traces: Iterable[Trace]) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame([trace_row(t) for t in traces], columns=list(DATAFRAME_COLUMNS))
+
+
+#: Columns of :func:`sessions_to_dataframe`, in order.
+SESSION_DATAFRAME_COLUMNS: Final = (
+    "session_id", "experiment_id", "user_id", "user_ids", "status", "first_ms", "last_ms", "last_end_ms",
+    "turns", "error_turns", "total_duration_ms", "input_tokens", "output_tokens", "total_tokens",
+    "first_request_preview", "last_response_preview", "inferred", "version",
+)  # fmt: skip
+
+
+def sessions_to_dataframe(sessions: Iterable[SessionSummary]) -> pd.DataFrame:
+    """One row per session with :data:`SESSION_DATAFRAME_COLUMNS` (empty, with the columns, when none)."""
+    import pandas as pd
+
+    rows = [s.to_dict() for s in sessions]
+    return pd.DataFrame(rows, columns=list(SESSION_DATAFRAME_COLUMNS))

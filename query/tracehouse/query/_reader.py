@@ -17,6 +17,7 @@ from ._hydrate import TRACE_SELECT, info_from_row, read_assessments, read_spans,
 from ._order import keyset_predicate, order_by_sql, parse_order_by, sort_columns
 from ._paging import MAX_PAGE_SIZE, decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
+from ._sessions import SessionDetail, SessionPage, get_session, list_sessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,26 @@ class TraceReader:
                          page_token: str | None = None, max_results: int = 100) -> SessionTimeline:
         """See :func:`tracehouse.query.session_timeline`."""
         return session_timeline(self.store, session_id, experiment_ids, page_token, max_results)
+
+    def list_sessions(
+        self,
+        user_id: str | None = None,
+        experiment_ids: Sequence[str] | None = None,
+        status: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        order_by: str | Sequence[str] | None = None,
+        max_results: int = 100,
+        page_token: str | None = None,
+    ) -> SessionPage:
+        """See :func:`tracehouse.query.list_sessions`."""
+        return list_sessions(self.store, user_id, experiment_ids, status, since, until, order_by, max_results,
+                             page_token)  # fmt: skip
+
+    def get_session(self, session_id: str, page_token: str | None = None, max_results: int = 100,
+                    experiment_ids: Sequence[str] | None = None) -> SessionDetail:  # fmt: skip
+        """See :func:`tracehouse.query.get_session`."""
+        return get_session(self.store, session_id, page_token, max_results, experiment_ids)
 
 
 def collect_traces(search: Callable[..., TracePage], max_results: int | None = None, **kwargs: Any

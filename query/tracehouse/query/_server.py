@@ -87,6 +87,15 @@ def _max_results(value: Any, default: int = 100) -> int:
     return min(n, MAX_PAGE)
 
 
+def _int_param(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", f"{name} must be an integer, got {value!r}") from None
+
+
 def _optional_str(body: Mapping[str, Any], *names: str) -> str | None:
     for name in names:
         value = body.get(name)
@@ -166,16 +175,34 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
 
     @_guard
     async def th_session(request: Request) -> Response:
+        # "session" is the timeline (the shape older clients read); "summary" the stored record or null.
         session_id = request.path_params["session_id"]
         q = request.query_params
-        timeline = await run_in_threadpool(
-            rd.session_timeline,
+        detail = await run_in_threadpool(
+            rd.get_session,
             session_id,
-            q.getlist("experiment_id") or None,
             q.get("page_token") or None,
             _max_results(q.get("max_results"), default=100),
+            q.getlist("experiment_id") or None,
         )
-        return json_response({"session": timeline.to_dict()})
+        summary = detail.summary.to_dict() if detail.summary is not None else None
+        return json_response({"session": detail.timeline.to_dict(), "summary": summary})
+
+    @_guard
+    async def th_sessions(request: Request) -> Response:
+        q = request.query_params
+        page = await run_in_threadpool(
+            rd.list_sessions,
+            user_id=q.get("user_id") or q.get("user") or None,
+            experiment_ids=q.getlist("experiment_id") or None,
+            status=q.get("status") or None,
+            since=_int_param(q.get("since"), "since"),
+            until=_int_param(q.get("until"), "until"),
+            order_by=q.getlist("order_by") or None,
+            max_results=_max_results(q.get("max_results"), default=100),
+            page_token=q.get("page_token") or None,
+        )
+        return json_response(page.to_dict())
 
     @_guard
     async def mlflow_search(request: Request) -> Response:
@@ -207,6 +234,7 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
         Route("/api/tracehouse/v1/traces/search", th_search, methods=["POST"]),
         Route("/api/tracehouse/v1/traces/{trace_id:path}", th_get_trace),
         Route("/api/tracehouse/v1/users/{user_id:path}", th_user),
+        Route("/api/tracehouse/v1/sessions", th_sessions),
         Route("/api/tracehouse/v1/sessions/{session_id:path}", th_session),
         Route("/api/3.0/mlflow/traces/search", mlflow_search, methods=["POST"]),
         Route("/api/3.0/mlflow/traces/{trace_id:path}", mlflow_trace_info),

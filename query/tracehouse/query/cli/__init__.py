@@ -44,7 +44,7 @@ def main() -> None:
     """tracehouse: track the users and sessions of GenAI applications at high volume.
 
     Start everything locally with `tracehouse up`, send traffic with `tracehouse demo`,
-    then explore with `search`, `user` and `session`.
+    then explore with `search`, `user`, `sessions` and `session`.
     """
 
 
@@ -194,6 +194,50 @@ def session(session_id: str, max_results: int, page_token: str | None, experimen
     token = data.get("next_page_token")
     if token and fmt == "table":
         click.echo(f"more turns: --page-token {token}", err=True)
+
+
+@main.command()
+@click.option("--user", "user_id", default=None, help="Only sessions of this user.")
+@click.option("--status", type=click.Choice(["open", "closed"]), default=None, help="Only open or closed sessions.")
+@click.option("--since", type=int, default=None, help="Last turn at or after this time (ms since the epoch).")
+@click.option("--until", type=int, default=None, help="First turn before this time (ms since the epoch).")
+@click.option("--order-by", default=None,
+              help="first_ms, last_ms, turns, error_turns or total_duration_ms, with ASC/DESC. Default: last_ms DESC.")
+@click.option("--max-results", default=100, show_default=True, help="Sessions per page (at most 500).")
+@click.option("--page-token", default=None, help="Continue from a previous page.")
+@_experiment_option
+@_format_option
+@_uri_option
+def sessions(user_id: str | None, status: str | None, since: int | None, until: int | None, order_by: str | None,
+             max_results: int, page_token: str | None, experiment_ids: tuple[str, ...], fmt: str,
+             uri: str | None) -> None:  # fmt: skip
+    """List sessions as the sessionizer recorded them (newest record of each), most recent first."""
+    try:
+        with _client(uri) as client:
+            page = client.list_sessions(
+                user_id, experiment_ids=list(experiment_ids) or None, status=status, since=since, until=until,
+                order_by=order_by, max_results=max_results, page_token=page_token,
+            )  # fmt: skip
+    except (ValueError, ConnectionError) as exc:
+        _fail(exc)
+    rows = [
+        {
+            "session_id": s.session_id,
+            "user": s.user_id,
+            "status": s.status,
+            "turns": s.turns,
+            "error_turns": s.error_turns,
+            "first_ms": s.first_ms,
+            "last_ms": s.last_ms,
+            "total_duration_ms": s.total_duration_ms,
+            "total_tokens": s.total_tokens,
+            "first_request": s.first_request_preview if fmt != "table" else s.first_request_preview[:60],
+        }
+        for s in page.sessions
+    ]
+    render(rows, fmt, title=f"{len(rows)} sessions")
+    if page.next_page_token and fmt == "table":
+        click.echo(f"more sessions: --page-token {page.next_page_token}", err=True)
 
 
 @main.command(add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -100,6 +100,7 @@ async def _up(opts: UpOptions) -> None:
             f"tracehouse is up\n"
             f"  Kafka bootstrap   {broker.bootstrap}   (export TRACEHOUSE_KAFKA_BOOTSTRAP={broker.bootstrap})\n"
             f"  traces topic      {topics.traces} ({opts.partitions} partitions), dead letters {topics.dlq}\n"
+            f"  sessions topic    {topics.sessions} (session records, sunk into the sessions table)\n"
             f"  store             {store_uri}\n"
             f"  UI and API        {url}   (export TRACEHOUSE_URI={url})\n"
             f"Press Ctrl-C to drain and stop.",
