@@ -4,6 +4,7 @@ The stream processors fold traces into these states and ship their records; prop
 them equal to a brute-force computation under duplicates, reordering, late turns and merges.
 """
 
+from ._config import SessionizerConfig
 from ._facts import TraceFacts, facts_from_line
 from ._rollup import DAY_MS, RollupBucket, day_of, quantile
 from ._session import (
@@ -16,6 +17,7 @@ from ._session import (
     inferred_session_id,
     new_session,
 )
+from ._worker import Sessionizer, SessionizerStats, create_sessionizer, run_sessionizer
 
 __all__ = [
     "DAY_MS",
@@ -23,13 +25,18 @@ __all__ = [
     "SessionConfig",
     "SessionState",
     "SessionStatus",
+    "Sessionizer",
+    "SessionizerConfig",
+    "SessionizerStats",
     "TraceFacts",
     "apply",
     "close",
     "close_due",
+    "create_sessionizer",
     "day_of",
     "facts_from_line",
     "inferred_session_id",
     "new_session",
     "quantile",
+    "run_sessionizer",
 ]

@@ -1,0 +1,51 @@
+"""``python -m tracehouse.processors.sessions``: the sessionizer as a ``faust.Worker`` (until SIGTERM)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from ._config import DEFAULT_PARTITIONS, DEFAULT_SESSIONIZER_ID, SessionizerConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tracehouse.processors.sessions",
+        description="Fold traces.v1 into session records on sessions.v1 (a faust worker; stops on SIGTERM).",
+    )
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $TRACEHOUSE_KAFKA_BOOTSTRAP)")
+    p.add_argument("--topic-prefix", help="topic prefix (default: $TRACEHOUSE_TOPIC_PREFIX or 'tracehouse.')")
+    p.add_argument("--app-id", default=DEFAULT_SESSIONIZER_ID, help="faust app id and consumer group")
+    p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions of traces.v1")
+    p.add_argument("--flush-interval-ms", type=int, default=500)
+    p.add_argument("--inactivity-gap-ms", type=int, default=30 * 60 * 1000)
+    p.add_argument("--max-duration-ms", type=int, default=None)
+    p.add_argument("--datadir", default=".tracehouse/sessionizer")
+    p.add_argument("--loglevel", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = SessionizerConfig.resolve(
+        bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, app_id=args.app_id, partitions=args.partitions,
+        flush_interval_ms=args.flush_interval_ms, inactivity_gap_ms=args.inactivity_gap_ms,
+        max_duration_ms=args.max_duration_ms, datadir=args.datadir,
+    )  # fmt: skip
+    level = str(args.loglevel).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # faust and aiokafka are chatty at INFO
+    for name in ("faust", "mode", "aiokafka"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+    import faust
+
+    from ._worker import create_sessionizer
+
+    app = create_sessionizer(config)
+    worker = faust.Worker(
+        app, loglevel=level, quiet=True, redirect_stdouts=False, override_logging=False, console_port=0
+    )
+    worker.execute_from_commandline()  # installs signal handlers, owns the loop; returns on SIGTERM
+    return 0

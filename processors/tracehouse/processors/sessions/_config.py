@@ -1,0 +1,100 @@
+"""The sessionizer's configuration: declared once, typed, frozen.
+
+Precedence is explicit argument > environment > default. The environment is read only when
+:meth:`SessionizerConfig.resolve` is called, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
+
+from ._session import SessionConfig
+
+ENV_BOOTSTRAP: Final = "TRACEHOUSE_KAFKA_BOOTSTRAP"
+ENV_TOPIC_PREFIX: Final = "TRACEHOUSE_TOPIC_PREFIX"
+
+DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
+DEFAULT_SESSIONIZER_ID: Final = "tracehouse-sessionizer"
+#: Must equal the partition count of ``traces.v1`` (and ``sessions.v1``): see ``ensure_topics``.
+DEFAULT_PARTITIONS: Final = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionizerConfig:
+    """Everything the sessionizer worker needs. Build it with :meth:`resolve` to honour the environment."""
+
+    #: Kafka bootstrap servers, ``host:port[,host:port]``.
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    #: Prefix of every tracehouse topic (see :class:`tracehouse.schemas.Topics`).
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    #: faust app id = consumer group; also names the state changelog topic
+    #: (``<app_id>-sessions-changelog``), so two installations on one broker need two ids.
+    app_id: str = DEFAULT_SESSIONIZER_ID
+    #: Dirty sessions are written to the changelog and emitted, and their source events acked,
+    #: this often.
+    flush_interval_ms: int = 500
+    #: A session is closed when the partition's event-time watermark passes its last turn's end by this much.
+    inactivity_gap_ms: int = 30 * 60 * 1000
+    #: ... or when it has lasted this long (``None``: no limit).
+    max_duration_ms: int | None = None
+    #: Partition count of ``traces.v1``, ``sessions.v1`` and the changelog (all the same).
+    partitions: int = DEFAULT_PARTITIONS
+    #: faust's data directory (the memory store still creates ``<datadir>/<app_id>-data``).
+    datadir: str = ".tracehouse/sessionizer"
+    #: Most session records in one ``sessions.v1`` envelope.
+    max_records_per_envelope: int = 1000
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.0
+    commit_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.app_id:
+            raise ValueError("app_id must not be empty")
+        if self.partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        if self.flush_interval_ms < 1:
+            raise ValueError("flush_interval_ms must be at least 1")
+        if self.inactivity_gap_ms < 1:
+            raise ValueError("inactivity_gap_ms must be at least 1")
+        if self.max_duration_ms is not None and self.max_duration_ms < 1:
+            raise ValueError("max_duration_ms must be at least 1 (or None)")
+        if self.max_records_per_envelope < 1:
+            raise ValueError("max_records_per_envelope must be at least 1")
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        bootstrap: str | None = None,
+        topic_prefix: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> SessionizerConfig:
+        """Resolve explicit arguments, then ``TRACEHOUSE_*`` variables of ``env`` (default:
+        ``os.environ``), then defaults. ``overrides`` are any other field, passed as they are."""
+        environ = os.environ if env is None else env
+
+        def pick(explicit: str | None, var: str, default: str) -> str:
+            if explicit is not None:
+                return explicit
+            from_env = environ.get(var)
+            return from_env if from_env else default
+
+        return cls(
+            bootstrap=pick(bootstrap, ENV_BOOTSTRAP, DEFAULT_BOOTSTRAP),
+            topic_prefix=pick(topic_prefix, ENV_TOPIC_PREFIX, DEFAULT_TOPIC_PREFIX),
+            **overrides,
+        )
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(inactivity_gap_ms=self.inactivity_gap_ms, max_duration_ms=self.max_duration_ms)
