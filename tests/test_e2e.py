@@ -250,9 +250,18 @@ def test_tracehouse_up_demo_query_clean_drain_and_restart(tmp_path: Path) -> Non
     first, _ = _up_with_demo(data_dir, queries=True)
     with Store(f"chdb://{data_dir / 'chdb'}") as store:  # the store is ours again once `up` is gone
         assert store.query("SELECT count() FROM traces FINAL")[0][0] == first
+        # The sessionizer's records of the demo's 50 sessions, drained before `up` stopped, equal the
+        # sessions computed from the stored traces.
+        from_traces = store.query(
+            "SELECT session_id, count(), min(timestamp_ms), countIf(state = 'ERROR') FROM traces FINAL "
+            "GROUP BY session_id ORDER BY session_id"
+        )
+        records = store.query("SELECT session_id, turns, first_ms, error_turns FROM sessions FINAL ORDER BY session_id")
+        assert len(records) == 50
+        assert records == from_traces
     # A second run starts a fresh in-memory broker at offset 0 over the same store: its traces must not
     # be mistaken for replays of the first run's batches.
     second, lines = _up_with_demo(data_dir, queries=False)
-    assert any(ln.startswith(f"stopped: {second} events written") for ln in lines), "\n".join(lines)
+    assert any(ln.startswith(f"stopped: {second + 50} events written") for ln in lines), "\n".join(lines)
     with Store(f"chdb://{data_dir / 'chdb'}") as store:
         assert store.query("SELECT count() FROM traces")[0][0] == first + second

@@ -84,6 +84,17 @@ async def _up(opts: UpOptions) -> None:
         sink = Sink(config, store)
         sink_task = asyncio.create_task(sink.run(), name="tracehouse-sink")
 
+        from tracehouse.processors.sessions import SessionizerConfig, run_sessionizer
+
+        sessions_stop = asyncio.Event()
+        sessionizer_config = SessionizerConfig.resolve(
+            bootstrap=broker.bootstrap, topic_prefix=prefix, partitions=opts.partitions,
+            datadir=str(data_dir / "sessionizer"), app_id=group.replace("sink", "sessionizer"),
+        )  # fmt: skip
+        sessions_task = asyncio.create_task(
+            run_sessionizer(sessionizer_config, sessions_stop), name="tracehouse-sessionizer"
+        )
+
         server = uvicorn.Server(
             uvicorn.Config(create_app(store), host=opts.host, port=opts.port, log_level="warning", lifespan="off")
         )
@@ -107,7 +118,7 @@ async def _up(opts: UpOptions) -> None:
         )
         demo_thread = _start_demo(broker.bootstrap, prefix) if opts.demo else None
 
-        await _wait_first(stop, sink_task, server_task)
+        await _wait_first(stop, sink_task, server_task, sessions_task)
         click.echo("draining in-flight events into ClickHouse… (Ctrl-C again stops now, losing what is not drained)")
 
         def stop_now() -> None:
@@ -119,6 +130,10 @@ async def _up(opts: UpOptions) -> None:
         if demo_thread is not None:
             demo_thread.join(timeout=opts.drain_timeout)
         drained = await _drain(sink, opts.drain_timeout)
+        # The sessionizer's final flush emits the last session records; the sink then writes them.
+        sessions_stop.set()
+        await asyncio.wait_for(sessions_task, opts.drain_timeout)
+        drained = await _drain(sink, opts.drain_timeout) and drained
         await sink.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await sink_task
@@ -130,6 +145,10 @@ async def _up(opts: UpOptions) -> None:
             + ("" if drained else " (drain timed out: some events may not have been written)")
         )
     finally:
+        if opts.demo:
+            import tracehouse
+
+            await asyncio.to_thread(tracehouse.shutdown, 5.0)  # its producer would outlive the broker
         if store is not None:
             store.close()
         broker.stop()
