@@ -6,13 +6,13 @@ Precedence is explicit argument > environment > default. The environment is read
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
 
+from .._env import pick
 from ._session import SessionConfig
 
 ENV_BOOTSTRAP: Final = "TRACEHOUSE_KAFKA_BOOTSTRAP"
@@ -77,17 +77,9 @@ class SessionizerConfig:
     ) -> SessionizerConfig:
         """Resolve explicit arguments, then ``TRACEHOUSE_*`` variables of ``env`` (default:
         ``os.environ``), then defaults. ``overrides`` are any other field, passed as they are."""
-        environ = os.environ if env is None else env
-
-        def pick(explicit: str | None, var: str, default: str) -> str:
-            if explicit is not None:
-                return explicit
-            from_env = environ.get(var)
-            return from_env if from_env else default
-
         return cls(
-            bootstrap=pick(bootstrap, ENV_BOOTSTRAP, DEFAULT_BOOTSTRAP),
-            topic_prefix=pick(topic_prefix, ENV_TOPIC_PREFIX, DEFAULT_TOPIC_PREFIX),
+            bootstrap=pick(bootstrap, ENV_BOOTSTRAP, DEFAULT_BOOTSTRAP, env),
+            topic_prefix=pick(topic_prefix, ENV_TOPIC_PREFIX, DEFAULT_TOPIC_PREFIX, env),
             **overrides,
         )
 
