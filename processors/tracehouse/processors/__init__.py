@@ -5,7 +5,7 @@ offset-derived deduplication tokens make a replay after a crash a no-op.
 Run it with ``python -m tracehouse.processors sink --bootstrap HOST:PORT --store chdb:///path``.
 """
 
-from ._batch import batch_token
+from ._batch import advance_mark, batch_token
 from ._config import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_GROUP_ID,
@@ -53,6 +53,7 @@ __all__ = [
     "Sink",
     "SinkConfig",
     "SinkStats",
+    "advance_mark",
     "batch_token",
     "check_event",
     "read_dlq",

@@ -19,6 +19,19 @@ from tracehouse.storage import RowBatch
 from ._dlq import PendingLetter
 
 
+def advance_mark(marks: dict[int, tuple[int, int]], src_partition: int, src_offset: int, src_line: int) -> bool:
+    """Whether a ``user_trace`` fact from ``traces.v1`` position ``(src_partition, src_offset,
+    src_line)`` is new; if so, ``marks`` advances to it. The sessionizer emits a source partition's
+    facts in position order and re-emits identical ones when it replays, so a position at or below the
+    mark has been applied already."""
+    pos = (src_offset, src_line)
+    seen = marks.get(src_partition)
+    if seen is not None and pos <= seen:
+        return False
+    marks[src_partition] = pos
+    return True
+
+
 def batch_token(group: str, topic: str, partition: int, first_offset: int, last_offset: int) -> str:
     """The ``insert_deduplication_token`` prefix of a batch (``write_batch`` appends ``:<table>``)."""
     return f"{group}:{topic}:{partition}:{first_offset}:{last_offset}"
@@ -50,10 +63,13 @@ class PartitionBatch:
     nbytes: int = 0
     records: int = 0
     dead_letters: list[PendingLetter] = field(default_factory=list)
+    #: ``user_trace`` facts only: the highest source position per ``traces.v1`` partition applied here.
+    marks: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Progress of the flush, so a retry resumes where the last attempt failed.
     checked: bool = False
     ledgered: bool = False
     written: bool = False
+    marked: bool = False
     rows_written: int = 0
 
     def token(self, group: str) -> str:

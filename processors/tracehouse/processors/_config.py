@@ -38,7 +38,8 @@ class SinkConfig:
     client_id: str = "tracehouse-sink"
     #: Dead-letter topic; ``None`` means ``Topics(topic_prefix).dlq``.
     dlq_topic: str | None = None
-    #: Also consume the sessionizer's ``sessions.v1`` records into the ``sessions`` table.
+    #: Also consume the sessionizer's topics: ``sessions.v1`` records into ``sessions`` and
+    #: ``user-rollups.v1`` facts into ``user_rollups_daily``.
     consume_sessions: bool = True
     #: A partition's batch is flushed when it holds this many rows (all tables together) ...
     max_batch_rows: int = 50_000
@@ -113,11 +114,16 @@ class SinkConfig:
         return self.topics.sessions
 
     @property
+    def rollups_topic(self) -> str:
+        """The sessionizer's per-user facts (partitioned by user), folded into ``user_rollups_daily``."""
+        return self.topics.user_rollups
+
+    @property
     def source_topics(self) -> tuple[str, ...]:
         """Every topic the sink subscribes to. The ledger and the dedup tokens are per topic and
         partition, so one consumer group serves them all."""
         if self.consume_sessions:
-            return (self.source_topic, self.sessions_topic)
+            return (self.source_topic, self.sessions_topic, self.rollups_topic)
         return (self.source_topic,)
 
     @property

@@ -5,6 +5,10 @@ crash the consumer restarts at the committed offset; if the ledger holds a row s
 first batch is rebuilt to end exactly at ``last``, so it carries the same deduplication token and
 ClickHouse drops whatever part of it was already inserted.
 
+For ``user-rollups.v1`` the ledger also keeps *marks* (table ``_rollup_marks``): per batch, the highest
+``traces.v1`` position whose facts it applied. The sessionizer re-emits identical facts in the same
+order after a crash, so a fact at or below the mark of its source partition is a replay and is skipped.
+
 Blocking calls on a :class:`~tracehouse.storage.Store`: run them in a worker thread. They must not
 run DDL (``tracehouse migrate`` creates the table) and must not decide anything about offsets.
 """
@@ -14,7 +18,11 @@ from __future__ import annotations
 from tracehouse.storage import Store
 
 LEDGER_TABLE = "_sink_batches"
+MARKS_TABLE = "_rollup_marks"
 _COLUMNS = ("consumer_group", "topic", "partition", "first_offset", "last_offset")
+_MARK_COLUMNS = (
+    "consumer_group", "topic", "partition", "batch_first_offset", "src_partition", "src_offset", "src_line",
+)  # fmt: skip
 
 
 class Ledger:
@@ -48,3 +56,21 @@ class Ledger:
             {"g": self.group, "t": topic, "p": partition},
         )
         return [(int(a), int(b)) for a, b in out]
+
+    def record_marks(self, topic: str, partition: int, first_offset: int, marks: dict[int, tuple[int, int]]) -> None:
+        """Write the highest source position (``traces.v1`` partition -> (offset, line)) whose
+        ``user_trace`` facts the batch starting at ``first_offset`` applied. Idempotent."""
+        rows = [(self.group, topic, partition, first_offset, p, o, i) for p, (o, i) in sorted(marks.items())]
+        self.store.insert(MARKS_TABLE, rows, _MARK_COLUMNS)
+
+    def load_marks(self, topic: str, partition: int, first_offset: int) -> dict[int, tuple[int, int]]:
+        """The highest source positions applied by every batch of this partition except the one
+        starting at ``first_offset``: that batch is about to be rebuilt (possibly a replay of an
+        attempt that was written but not committed), so its own marks must not filter its facts."""
+        rows = self.store.query(
+            f"SELECT src_partition, max((src_offset, src_line)) FROM {MARKS_TABLE} "
+            "WHERE consumer_group = {g:String} AND topic = {t:String} AND partition = {p:UInt32} "
+            "AND batch_first_offset != {f:Int64} GROUP BY src_partition",
+            {"g": self.group, "t": topic, "p": partition, "f": first_offset},
+        )
+        return {int(p): (int(pos[0]), int(pos[1])) for p, pos in rows}

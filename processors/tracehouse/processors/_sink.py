@@ -38,10 +38,10 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from tracehouse.schemas import FORMAT_NDJSON, HEADER_FORMAT, split_envelope
+from tracehouse.schemas import FORMAT_NDJSON, HEADER_FORMAT, UserTraceFact, split_envelope
 from tracehouse.storage import Store, existing_trace_ids, write_batch
 
-from ._batch import BatchLimits, PartitionBatch
+from ._batch import BatchLimits, PartitionBatch, advance_mark
 from ._config import SinkConfig
 from ._dlq import WHOLE_MESSAGE, DeadLetter, DeadLetterProducer, DeadLetterWarnings
 from ._ledger import Ledger
@@ -78,6 +78,8 @@ class SinkStats:
     events_rejected: int
     #: Trace events skipped because their trace id was already stored (first write wins).
     duplicates_skipped: int
+    #: ``user_trace`` facts skipped because their source position was already applied (replays).
+    replayed_facts_skipped: int
     #: Batches flushed and committed.
     batches: int
     #: Of those, batches rebuilt to a ledger row's bounds after a crash or a rebalance.
@@ -111,6 +113,9 @@ class _PartitionState:
     retry_at: float | None = None
     #: The group took the partition away while we flushed; ignore it until the new assignment.
     lost: bool = False
+    #: ``user-rollups.v1`` only: highest applied source position per ``traces.v1`` partition
+    #: (loaded with the ledger lookup, advanced as facts are taken).
+    marks: dict[int, tuple[int, int]] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -173,6 +178,7 @@ class Sink:
         self._rows_written = 0
         self._rejected = 0
         self._duplicates = 0
+        self._facts_skipped = 0
         self._batches = 0
         self._replayed = 0
         self._flush_failures = 0
@@ -198,6 +204,7 @@ class Sink:
             rows_written=self._rows_written,
             events_rejected=self._rejected,
             duplicates_skipped=self._duplicates,
+            replayed_facts_skipped=self._facts_skipped,
             batches=self._batches,
             replayed_batches=self._replayed,
             flush_failures=self._flush_failures,
@@ -495,7 +502,7 @@ class Sink:
                     bound=part.replay_end,
                     ledgered=part.replay_end is not None,
                 )
-            await self._decode_into(batch, rec)
+            await self._decode_into(batch, rec, part.marks)
             batch.note_record(offset, len(rec.value or b""))
             part.next_offset = offset + 1
             if batch.full(self._limits):
@@ -505,12 +512,21 @@ class Sink:
 
     async def _check_ledger(self, part: _PartitionState, offset: int) -> bool:
         assert self._ledger is not None
+        ledger = self._ledger
+        topic, partition = part.tp[0], part.tp[1]
+        rollups = topic == self.config.rollups_topic
+
+        def lookup() -> tuple[int | None, dict[int, tuple[int, int]] | None]:
+            bound = ledger.replay_bound(topic, partition, offset)
+            return bound, ledger.load_marks(topic, partition, offset) if rollups else None
+
         try:
-            bound = await asyncio.to_thread(self._ledger.replay_bound, part.tp[0], part.tp[1], offset)
+            bound, marks = await asyncio.to_thread(lookup)
         except Exception as exc:
             self._fail(part, offset, "the ledger lookup", exc)
             return False
         part.ledger_checked = True
+        part.marks = marks
         part.failures = 0
         if bound is not None and bound >= offset:
             part.replay_end = bound
@@ -520,7 +536,9 @@ class Sink:
             )  # fmt: skip
         return True
 
-    async def _decode_into(self, batch: PartitionBatch, rec: Any) -> None:
+    async def _decode_into(
+        self, batch: PartitionBatch, rec: Any, marks: dict[int, tuple[int, int]] | None = None
+    ) -> None:
         value: bytes | None = rec.value
         self._envelopes += 1
         if not value:
@@ -535,6 +553,13 @@ class Sink:
                 result = validate_line(line)
                 if isinstance(result, Rejection):
                     reason = result.reason
+                elif isinstance(result, UserTraceFact) and marks is not None:
+                    if not advance_mark(marks, result.src_partition, result.src_offset, result.src_line):
+                        self._facts_skipped += 1  # re-emitted by a sessionizer replay: applied already
+                        continue
+                    batch.add_event(result)
+                    batch.marks[result.src_partition] = marks[result.src_partition]
+                    continue
                 else:
                     batch.add_event(result)
                     continue
@@ -600,6 +625,9 @@ class Sink:
         if not batch.written:
             batch.rows_written = write_batch(self._store, batch.rows, batch.token(self.config.group_id))
             batch.written = True
+        if batch.marks and not batch.marked:
+            self._ledger.record_marks(batch.topic, batch.partition, batch.first_offset, batch.marks)
+            batch.marked = True
 
     async def _flush(self, part: _PartitionState, next_offset: int | None) -> bool:
         """Step *flush* for the partition's batch. ``next_offset`` is the first record after the
@@ -609,7 +637,7 @@ class Sink:
         assert self._dlq is not None
         tp = part.tp
         try:
-            if batch.row_count() and not batch.written:
+            if (batch.row_count() and not batch.written) or (batch.marks and not batch.marked):
                 await asyncio.to_thread(self._write, batch)
             await self._dlq.confirm(batch.dead_letters)
             await self._consumer.commit({tp: batch.last_offset + 1})

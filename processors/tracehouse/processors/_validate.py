@@ -22,6 +22,7 @@ from tracehouse.schemas import (
     TagDeleteEvent,
     TagSetEvent,
     TraceEvent,
+    UserTraceFact,
     decode_event,
 )
 
@@ -48,6 +49,11 @@ def check_event(event: Event) -> str | None:
         return None
     if isinstance(event, AssessmentEvent) and event.create_time_ms > MAX_MS:
         return f"invalid event: create_time_ms {event.create_time_ms} is out of range - at `$.create_time_ms`"
+    if isinstance(event, UserTraceFact):
+        for name in ("timestamp_ms", "execution_time_ms"):
+            if getattr(event, name) > MAX_MS:
+                return f"invalid event: {name} {getattr(event, name)} is out of range - at `$.{name}`"
+        return None
     if isinstance(event, SessionRecord):
         for name in ("first_ms", "last_ms", "last_end_ms"):
             if getattr(event, name) > MAX_MS:

@@ -1,7 +1,16 @@
 """ClickHouse storage: connection by URI, versioned migrations, row layout and idempotent writes."""
 
 from ._migrations import MIGRATIONS, Migration, current_version, latest_version, migrate
-from ._rows import SESSION_COLUMNS, TABLES, RowBatch, add_event_rows, session_row, value_text
+from ._rows import (
+    SESSION_COLUMNS,
+    TABLES,
+    USER_TRACE_COLUMNS,
+    RowBatch,
+    add_event_rows,
+    session_row,
+    user_trace_row,
+    value_text,
+)
 from ._store import Store, StoreURIError
 from ._writer import existing_trace_ids, write_batch
 
@@ -9,6 +18,7 @@ __all__ = [
     "MIGRATIONS",
     "SESSION_COLUMNS",
     "TABLES",
+    "USER_TRACE_COLUMNS",
     "Migration",
     "RowBatch",
     "Store",
@@ -19,6 +29,7 @@ __all__ = [
     "latest_version",
     "migrate",
     "session_row",
+    "user_trace_row",
     "value_text",
     "write_batch",
 ]

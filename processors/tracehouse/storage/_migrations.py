@@ -182,6 +182,86 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "per-user rollups: daily aggregate states fed by user_trace facts, and the sink's source marks",
+        (
+            # The sink inserts one row per user_trace fact here; nothing is stored (Null engine): the
+            # materialized view below folds each inserted block into aggregate-state deltas.
+            """
+            CREATE TABLE IF NOT EXISTS user_trace_facts (
+                experiment_id LowCardinality(String),
+                user_id String,
+                day Date32,
+                trace_id String,
+                session_id String,
+                timestamp_ms Int64,
+                execution_time_ms Int64,
+                error UInt8,
+                input_tokens UInt64,
+                output_tokens UInt64,
+                total_tokens UInt64
+            ) ENGINE = Null
+            """,
+            # One row per (experiment, user, day) per inserted block: deltas that merge exactly, across
+            # days, experiments and workers. Sessions are an exact set, response times the exact
+            # multiset (so p50/p95 are exact), the rest sums and min/max. Read with the -Merge
+            # combinators, GROUP BY the key (see tracehouse.query). A replayed block carries the same
+            # insert_deduplication_token and is dropped (the view's blocks too).
+            """
+            CREATE TABLE IF NOT EXISTS user_rollups_daily (
+                experiment_id LowCardinality(String),
+                user_id String,
+                day Date32,
+                interactions SimpleAggregateFunction(sum, UInt64),
+                error_count SimpleAggregateFunction(sum, UInt64),
+                total_duration_ms SimpleAggregateFunction(sum, UInt64),
+                sessions AggregateFunction(uniqExact, String),
+                durations AggregateFunction(quantilesExactInclusive(0.5, 0.95), Int64),
+                first_seen_ms SimpleAggregateFunction(min, Int64),
+                last_seen_ms SimpleAggregateFunction(max, Int64),
+                input_tokens SimpleAggregateFunction(sum, UInt64),
+                output_tokens SimpleAggregateFunction(sum, UInt64),
+                total_tokens SimpleAggregateFunction(sum, UInt64)
+            ) ENGINE = AggregatingMergeTree
+            PARTITION BY toYYYYMM(day)
+            ORDER BY (user_id, day, experiment_id)
+            SETTINGS non_replicated_deduplication_window = 10000
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS user_rollups_daily_mv TO user_rollups_daily AS
+            SELECT
+                experiment_id, user_id, day,
+                toUInt64(count()) AS interactions,
+                toUInt64(sum(error)) AS error_count,
+                toUInt64(sum(execution_time_ms)) AS total_duration_ms,
+                uniqExactStateIf(session_id, session_id != '') AS sessions,
+                quantilesExactInclusiveState(0.5, 0.95)(execution_time_ms) AS durations,
+                min(timestamp_ms) AS first_seen_ms,
+                max(timestamp_ms) AS last_seen_ms,
+                sum(input_tokens) AS input_tokens,
+                sum(output_tokens) AS output_tokens,
+                sum(total_tokens) AS total_tokens
+            FROM user_trace_facts
+            GROUP BY experiment_id, user_id, day
+            """,
+            # The highest (offset, line) of each traces.v1 partition whose facts a sink batch of
+            # user-rollups.v1 applied. Facts at or below it are replays and are skipped.
+            """
+            CREATE TABLE IF NOT EXISTS _rollup_marks (
+                consumer_group String,
+                topic String,
+                partition UInt32,
+                batch_first_offset Int64,
+                src_partition UInt32,
+                src_offset Int64,
+                src_line UInt32,
+                created_at DateTime64(3) DEFAULT now64(3)
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (consumer_group, topic, partition, src_partition, batch_first_offset)
+            """,
+        ),
+    ),
 )
 
 

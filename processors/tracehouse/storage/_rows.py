@@ -5,6 +5,7 @@ Identity (``user_id``, ``session_id``) is resolved here once per trace and copie
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -21,6 +22,7 @@ from tracehouse.schemas import (
     TagDeleteEvent,
     TagSetEvent,
     TraceEvent,
+    UserTraceFact,
     resolve_identity,
 )
 
@@ -44,7 +46,14 @@ SESSION_COLUMNS: Final = (
     "output_tokens", "total_tokens", "status", "inferred", "version",
 )  # fmt: skip
 
+USER_TRACE_COLUMNS: Final = (
+    "experiment_id", "user_id", "day", "trace_id", "session_id", "timestamp_ms", "execution_time_ms", "error",
+    "input_tokens", "output_tokens", "total_tokens",
+)  # fmt: skip
+
 UINT64_MAX: Final = 2**64 - 1
+_EPOCH: Final = datetime.date(1970, 1, 1)
+_DAY_MS: Final = 86_400_000
 
 #: Which table each row kind goes to, and its columns.
 TABLES: Final[dict[str, tuple[str, ...]]] = {
@@ -53,6 +62,7 @@ TABLES: Final[dict[str, tuple[str, ...]]] = {
     "trace_tags": TAG_COLUMNS,
     "assessments": ASSESSMENT_COLUMNS,
     "sessions": SESSION_COLUMNS,
+    "user_trace_facts": USER_TRACE_COLUMNS,
 }
 
 
@@ -146,6 +156,18 @@ def add_event_rows(batch: RowBatch, event: Event) -> None:
         )
     elif isinstance(event, SessionRecord):
         batch.rows["sessions"].append(session_row(event))
+    elif isinstance(event, UserTraceFact):
+        batch.rows["user_trace_facts"].append(user_trace_row(event))
+
+
+def user_trace_row(event: UserTraceFact) -> tuple[Any, ...]:
+    """The ``user_trace_facts`` row of one fact; its ``day`` is the UTC day of the trace."""
+    return (
+        event.experiment_id, event.user_id, _EPOCH + datetime.timedelta(days=event.timestamp_ms // _DAY_MS),
+        event.trace_id, event.session_id, event.timestamp_ms, event.execution_time_ms, int(event.error),
+        min(event.input_tokens, UINT64_MAX), min(event.output_tokens, UINT64_MAX),
+        min(event.total_tokens, UINT64_MAX),
+    )  # fmt: skip
 
 
 def session_row(event: SessionRecord) -> tuple[Any, ...]:

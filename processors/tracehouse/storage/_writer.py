@@ -12,7 +12,8 @@ from ._store import Store
 
 #: A backfill may span many months (one ClickHouse partition each); the default of 100 per insert
 #: would make such a batch fail on every retry.
-_INSERT_SETTINGS = {"max_partitions_per_insert_block": 1000}
+#: A block dropped as a duplicate must also be dropped by the views it feeds (user rollups).
+_INSERT_SETTINGS = {"max_partitions_per_insert_block": 1000, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 def write_batch(store: Store, batch: RowBatch, token: str | None = None) -> int:

@@ -26,6 +26,7 @@ from ._events import (
     TagDeleteEvent,
     TagSetEvent,
     TraceEvent,
+    UserTraceFact,
 )
 from ._examples import example, invalid_examples
 from ._keys import (
@@ -84,6 +85,7 @@ __all__ = [
     "TagSetEvent",
     "Topics",
     "TraceEvent",
+    "UserTraceFact",
     "decode_event",
     "encode_envelope",
     "encode_event",

@@ -6,6 +6,9 @@ processors decode with msgspec, which validates types, patterns and bounds in th
 * ``trace``: one finished trace with its immutable metadata and all its spans.
 * ``tag_set`` / ``tag_delete``: a mutable tag of a trace, versioned by ``timestamp_ns``.
 * ``assessment``: feedback or an expectation on a trace (or a session).
+* ``session``: a session's current state, from the sessionizer (topic ``sessions.v1``).
+* ``user_trace``: one trace's share of its user's rollups, repartitioned by user by the sessionizer
+  (topic ``user-rollups.v1``).
 """
 
 from __future__ import annotations
@@ -139,5 +142,30 @@ class SessionRecord(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="
     schema_version: Literal[1] = 1
 
 
-Event = TraceEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent | SessionRecord
-EVENT_TYPES: Final = (TraceEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent, SessionRecord)
+class UserTraceFact(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag="user_trace"):
+    """One trace's contribution to its user's rollups, emitted by the sessionizer on topic
+    ``user-rollups.v1`` (partitioned by user id) the first time it sees the trace.
+
+    ``src_partition`` / ``src_offset`` / ``src_line`` name the ``traces.v1`` line it came from. The
+    sessionizer emits a partition's facts in that order and re-emits identical facts when it replays
+    after a crash or a rebalance, so the sink skips every fact at or below the highest position it
+    already applied for that source partition: rollups never count a trace twice."""
+
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=250)]
+    trace_id: TraceId
+    timestamp_ms: UnixMillis
+    execution_time_ms: Annotated[int, msgspec.Meta(ge=0)]
+    src_partition: Annotated[int, msgspec.Meta(ge=0)]
+    src_offset: Annotated[int, msgspec.Meta(ge=0)]
+    src_line: Annotated[int, msgspec.Meta(ge=0)] = 0
+    experiment_id: ExperimentId = "0"
+    session_id: Annotated[str, msgspec.Meta(max_length=250)] = ""
+    error: bool = False
+    input_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    total_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    schema_version: Literal[1] = 1
+
+
+Event = TraceEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent | SessionRecord | UserTraceFact
+EVENT_TYPES: Final = (TraceEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent, SessionRecord, UserTraceFact)
