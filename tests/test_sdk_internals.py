@@ -150,6 +150,8 @@ def test_partition_key_prefers_the_session() -> None:
     assert partition_key(error) == "conv-9"  # the gen_ai.conversation.id alias
     no_session = {**trace, "metadata": {}}
     assert partition_key(no_session) == trace["trace_id"]
+    user_only = {**trace, "metadata": {"mlflow.trace.user": "user-7"}}
+    assert partition_key(user_only) == "user-7"  # a user's session-less traces stay on one partition
     with_root_attr = {**no_session, "spans": [{"attributes": {"session.id": "s-attr"}}]}
     assert partition_key(with_root_attr) == "s-attr"
     assert partition_key(orjson.loads(example("tag_set"))) == trace["trace_id"]

@@ -229,14 +229,18 @@ def assessment_event(
 
 def partition_key(event: Mapping[str, Any]) -> str:
     """What the event is partitioned by: the session of a trace (``mlflow.trace.session`` or an
-    alias, in metadata or root-span attributes) or of an assessment, else the trace id."""
+    alias, in metadata or root-span attributes) or of an assessment; for a trace without a session,
+    its user (so the sessionizer sees all of a user's session-less traces, e.g. to infer sessions);
+    else the trace id."""
     kind = event.get("type")
     if kind == "trace":
         spans = event.get("spans") or ()
         root_attrs = spans[0].get("attributes") if spans else None
-        _, session = resolve_identity(event.get("metadata") or {}, root_attrs)
+        user, session = resolve_identity(event.get("metadata") or {}, root_attrs)
         if session:
             return session
+        if user:
+            return user
     elif kind == "assessment":
         session = event.get("session_id")
         if isinstance(session, str) and session:

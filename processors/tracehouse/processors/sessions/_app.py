@@ -18,6 +18,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topic-prefix", help="topic prefix (default: $TRACEHOUSE_TOPIC_PREFIX or 'tracehouse.')")
     p.add_argument("--app-id", default=DEFAULT_SESSIONIZER_ID, help="faust app id and consumer group")
     p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions of traces.v1")
+    p.add_argument(
+        "--rollup-partitions", type=int, default=None, help="partitions of user-rollups.v1 (default: --partitions)"
+    )
+    p.add_argument("--no-rollups", action="store_true", help="do not emit user_trace facts (no per-user rollups)")
+    p.add_argument(
+        "--infer-sessions", action="store_true", help="give traces with a user but no session an inferred session"
+    )
+    p.add_argument("--state-retention-ms", type=int, default=None, help="forget closed sessions this much later")
     p.add_argument("--flush-interval-ms", type=int, default=500)
     p.add_argument("--inactivity-gap-ms", type=int, default=30 * 60 * 1000)
     p.add_argument("--max-duration-ms", type=int, default=None)
@@ -32,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, app_id=args.app_id, partitions=args.partitions,
         flush_interval_ms=args.flush_interval_ms, inactivity_gap_ms=args.inactivity_gap_ms,
         max_duration_ms=args.max_duration_ms, datadir=args.datadir,
+        rollup_partitions=args.rollup_partitions or args.partitions, emit_rollups=not args.no_rollups,
+        infer_sessions=args.infer_sessions, state_retention_ms=args.state_retention_ms,
     )  # fmt: skip
     level = str(args.loglevel).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -44,6 +44,16 @@ class SessionizerConfig:
     max_duration_ms: int | None = None
     #: Partition count of ``traces.v1``, ``sessions.v1`` and the changelog (all the same).
     partitions: int = DEFAULT_PARTITIONS
+    #: Partition count of ``user-rollups.v1`` (facts go to ``murmur2(user id) % rollup_partitions``).
+    rollup_partitions: int = DEFAULT_PARTITIONS
+    #: Emit each new trace's ``user_trace`` fact to ``user-rollups.v1`` (the per-user rollups).
+    emit_rollups: bool = True
+    #: Give a trace with a user but no session id an inferred session (``inferred:<user>:<first ms>``):
+    #: the user's traces closer than ``inactivity_gap_ms`` to each other form one session.
+    infer_sessions: bool = False
+    #: Forget closed sessions this long (event time) after their last turn; ``None`` keeps them.
+    #: A duplicate or late turn arriving after that is counted as new (see docs/design/sessions.md).
+    state_retention_ms: int | None = None
     #: faust's data directory (the memory store still creates ``<datadir>/<app_id>-data``).
     datadir: str = ".tracehouse/sessionizer"
     #: Most session records in one ``sessions.v1`` envelope.
@@ -63,6 +73,10 @@ class SessionizerConfig:
             raise ValueError("inactivity_gap_ms must be at least 1")
         if self.max_duration_ms is not None and self.max_duration_ms < 1:
             raise ValueError("max_duration_ms must be at least 1 (or None)")
+        if self.rollup_partitions < 1:
+            raise ValueError("rollup_partitions must be at least 1")
+        if self.state_retention_ms is not None and self.state_retention_ms < self.inactivity_gap_ms:
+            raise ValueError("state_retention_ms must be at least inactivity_gap_ms (or None)")
         if self.max_records_per_envelope < 1:
             raise ValueError("max_records_per_envelope must be at least 1")
 

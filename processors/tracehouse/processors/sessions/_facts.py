@@ -1,13 +1,14 @@
-"""The few fields of a trace the stateful processors need: never its spans."""
+"""The few fields of a trace the stateful processors need: never its spans (except for token usage
+that only spans carry)."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import orjson
 
-from tracehouse.schemas import TRACE_TOKEN_USAGE, resolve_identity
+from tracehouse.schemas import SPAN_TOKEN_USAGE, TRACE_TOKEN_USAGE, resolve_identity
 
 
 class TraceFacts(msgspec.Struct, frozen=True):
@@ -41,22 +42,49 @@ class _TraceHeader(msgspec.Struct):
     type: str = "trace"
 
 
+class _SpanUsage(msgspec.Struct):
+    attributes: dict[str, Any] = {}
+    parent_span_id: str | None = None
+
+
+class _SpanUsages(msgspec.Struct):
+    spans: list[_SpanUsage] = []
+
+
 _header_decoder: Final = msgspec.json.Decoder(_TraceHeader)
+_spans_decoder: Final = msgspec.json.Decoder(_SpanUsages)
+_SPAN_USAGE_BYTES: Final = SPAN_TOKEN_USAGE.encode()
+_U64_MAX: Final = 2**64 - 1
+_TOKEN_KEYS: Final = ("input_tokens", "output_tokens", "total_tokens")
 
 
-def _tokens(metadata: dict[str, str]) -> tuple[int, int, int]:
+def _counts(usages: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """Summed token counts, as the sink computes them for the ``traces`` table."""
+    totals = [0, 0, 0]
+    for usage in usages:
+        for i, key in enumerate(_TOKEN_KEYS):
+            v = usage.get(key)
+            if isinstance(v, int) and v >= 0:
+                totals[i] += v
+    if not totals[2]:
+        totals[2] = totals[0] + totals[1]
+    return min(totals[0], _U64_MAX), min(totals[1], _U64_MAX), min(totals[2], _U64_MAX)
+
+
+def _tokens(metadata: dict[str, str], line: bytes) -> tuple[int, int, int]:
+    """Trace-level token usage; spans' usage when the trace has none usable (as the sink does)."""
     raw = metadata.get(TRACE_TOKEN_USAGE)
-    if not raw:
+    if raw:
+        try:
+            usage = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            usage = None
+        if isinstance(usage, dict):
+            return _counts([usage])
+    if _SPAN_USAGE_BYTES not in line:
         return 0, 0, 0
-    try:
-        usage = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return 0, 0, 0
-    if not isinstance(usage, dict):
-        return 0, 0, 0
-    values = [usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens")]
-    i, o, t = (v if isinstance(v, int) and v >= 0 else 0 for v in values)
-    return i, o, t or i + o
+    spans = _spans_decoder.decode(line).spans
+    return _counts([u for s in spans if isinstance(u := s.attributes.get(SPAN_TOKEN_USAGE), dict)])
 
 
 def facts_from_line(line: bytes) -> TraceFacts | None:
@@ -68,7 +96,12 @@ def facts_from_line(line: bytes) -> TraceFacts | None:
     if header.type != "trace":
         return None
     user, session = resolve_identity(header.metadata)
-    i, o, t = _tokens(header.metadata)
+    if (user is None or session is None) and b'"spans"' in line:
+        # identity may come from the root span's attributes (as the sink and the SDK resolve it)
+        root = next((sp for sp in _spans_decoder.decode(line).spans if sp.parent_span_id is None), None)
+        if root is not None and root.attributes:
+            user, session = resolve_identity(header.metadata, root.attributes)
+    i, o, t = _tokens(header.metadata, line)
     return TraceFacts(
         trace_id=header.trace_id, timestamp_ms=header.timestamp_ms, execution_time_ms=header.execution_time_ms,
         error=header.state == "ERROR", experiment_id=header.experiment_id, user_id=user, session_id=session,

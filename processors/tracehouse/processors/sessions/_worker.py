@@ -7,12 +7,21 @@ harmless). The agent body never awaits, so a flush never sees half an envelope. 
 ``flush_interval_ms`` a timer
 
 1. closes the sessions due at the partition's event-time watermark (max trace time seen there),
-2. writes the dirty states to the table's changelog (same partition as the source), then one lone
+   and forgets closed sessions older than ``state_retention_ms`` (if set),
+2. sends the ``user_trace`` facts of the traces folded for the first time to ``user-rollups.v1``
+   (partitioned by user id) and waits until the broker has them all: a fact must be durable before
+   the state that counts its trace, or a crash in between would lose it for good,
+3. writes the dirty states to the table's changelog (same partition as the source), then one lone
    sentinel record per touched changelog partition (Tansu reports a partition's end offset as the
    base offset of its last batch + 1; without the sentinel faust's recovery stops short),
-3. emits the dirty sessions' records as NDJSON envelopes to ``sessions.v1`` on the source partition,
-4. and only then acks the events folded so far (faust's commit flushes the producer first, so a
+4. emits the dirty sessions' records as NDJSON envelopes to ``sessions.v1`` on the source partition,
+5. and only then acks the events folded so far (faust's commit flushes the producer first, so a
    committed offset never passes state that is not in the changelog).
+
+Facts are a pure function of the partition's events in offset order (the fold is deterministic and
+the restored state is exactly the state of some flush), so after a crash or a rebalance the next owner
+re-emits *identical* facts in the same order; the sink skips those at or below the highest
+``(src_offset, src_line)`` it already applied per source partition, so rollups count a trace once.
 
 On revoke a partition's state is dropped, never flushed: the next owner restores the changelog and
 replays from the committed offset. Changelog keys are ``b"<partition>\\0<session id>"`` so a new
@@ -24,7 +33,9 @@ faust is imported lazily: importing this module has no side effects.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,11 +43,19 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from tracehouse.schemas import encode_envelope, encode_event, envelope_headers, split_envelope
+from tracehouse.schemas import (
+    TRACE_ID_PATTERN,
+    UserTraceFact,
+    encode_envelope,
+    encode_event,
+    envelope_headers,
+    split_envelope,
+)
 
 from ._config import SessionizerConfig
 from ._facts import TraceFacts, facts_from_line
-from ._session import SessionState, apply, close, close_due, new_session
+from ._rollup import day_of
+from ._session import SessionState, apply, close, close_due, inferred_session_id, loose_key, new_session
 
 if TYPE_CHECKING:
     import faust
@@ -47,6 +66,7 @@ AGENT_NAME: Final = "tracehouse.sessionizer.fold"
 TIMER_NAME: Final = "tracehouse.sessionizer.flush"
 TABLE_NAME: Final = "sessions"
 
+_TRACE_ID: Final = re.compile(TRACE_ID_PATTERN)
 _state_encoder: Final = msgspec.msgpack.Encoder()
 _state_decoder: Final = msgspec.msgpack.Decoder(SessionState)
 
@@ -77,8 +97,14 @@ class SessionizerStats:
     traces: int = 0
     #: Traces that changed a session (not duplicates or replays of counted ones).
     new_traces: int = 0
-    #: Trace lines without a session id (ignored for now).
+    #: Trace lines with neither a session nor a user id (no session, no rollup).
     sessionless: int = 0
+    #: Traces given an inferred session (``infer_sessions``).
+    inferred: int = 0
+    #: ``user_trace`` facts sent to ``user-rollups.v1``.
+    facts_emitted: int = 0
+    #: Closed sessions forgotten after ``state_retention_ms``.
+    sessions_evicted: int = 0
     #: Lines that were neither events of another type nor decodable (the sink dead-letters them).
     undecodable: int = 0
     flushes: int = 0
@@ -96,9 +122,19 @@ class _Partition:
     sessions: dict[str, SessionState] = field(default_factory=dict)
     open: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
+    #: ``infer_sessions``: each user's inferred session ids, oldest first.
+    inferred: dict[str, list[str]] = field(default_factory=dict)
+    #: Encoded ``user_trace`` facts per ``user-rollups.v1`` partition, in source order.
+    outbox: dict[int, list[bytes]] = field(default_factory=dict)
+    #: Closed sessions as ``(last_end_ms, session id)``, for eviction (``state_retention_ms``).
+    closed: list[tuple[int, str]] = field(default_factory=list)
+    #: Source offset of the last event that changed each session (eviction waits for its commit).
+    touched_at: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0
     #: Watermark at the last full scan for sessions due to close.
     scanned_ms: int = -1
+    #: First offset folded since the state was loaded (restored sessions count as touched there).
+    base_offset: int = 0
 
 
 @dataclass(slots=True)
@@ -107,8 +143,9 @@ class _Batch:
 
     partition: int
     generation: int
-    changelog: list[tuple[bytes, bytes]]
+    changelog: list[tuple[bytes, bytes | None]]
     records: list[bytes]
+    facts: dict[int, list[bytes]]
     watermark_ms: int
 
 
@@ -128,6 +165,8 @@ class Sessionizer:
         self._flush_lock = asyncio.Lock()
         topics = config.topics
         self._sessions_topic = topics.sessions
+        self._rollups_topic = topics.user_rollups
+        self._user_partition: dict[str, int] = {}
         app = faust.App(
             config.app_id,
             broker=f"kafka://{config.bootstrap}",
@@ -167,12 +206,12 @@ class Sessionizer:
 
     # ------------------------------------------------------------------------------------ folding
 
-    def _partition(self, partition: int) -> _Partition:
+    def _partition(self, partition: int, offset: int = 0) -> _Partition:
         """The partition's state, loaded from the (recovered) table on first use."""
         part = self._parts.get(partition)
         if part is not None:
             return part
-        part = self._parts[partition] = _Partition()
+        part = self._parts[partition] = _Partition(base_offset=offset)
         prefix = watermark_key(partition)
         for key, raw in self.table.data.items():
             if not key.startswith(prefix) or raw is None:
@@ -181,19 +220,29 @@ class Sessionizer:
                 part.watermark_ms = int(raw)
                 continue
             state = decode_state(raw)
-            part.sessions[state.session_id] = state
+            sid = state.session_id
+            part.sessions[sid] = state
             if state.status == "open":
-                part.open.add(state.session_id)
+                part.open.add(sid)
+            else:
+                part.closed.append((state.last_end_ms, sid))
+            if state.inferred and state.user_ids:
+                part.inferred.setdefault(min(state.user_ids), []).append(sid)
+        heapq.heapify(part.closed)
+        for ids in part.inferred.values():
+            ids.sort(key=lambda sid: part.sessions[sid].first_ms)
         part.scanned_ms = part.watermark_ms
         if part.sessions:
             log.info("partition %d: restored %d sessions", partition, len(part.sessions))
+        else:
+            log.info("partition %d: folding from offset %d, no saved sessions", partition, offset)
         return part
 
-    def fold(self, partition: int, lines: Iterable[bytes]) -> None:
-        """Fold the lines of one envelope from ``partition`` (no await: atomic w.r.t. flushes)."""
-        part = self._partition(partition)
+    def fold(self, partition: int, lines: Iterable[bytes], offset: int = 0) -> None:
+        """Fold the lines of the envelope at ``offset`` of ``partition`` (no await: atomic w.r.t. flushes)."""
+        part = self._partition(partition, offset)
         stats = self.stats
-        for line in lines:
+        for index, line in enumerate(lines):
             try:
                 facts = facts_from_line(line)
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -204,20 +253,68 @@ class Sessionizer:
             stats.traces += 1
             if facts.timestamp_ms > part.watermark_ms:
                 part.watermark_ms = facts.timestamp_ms
-            self._fold_one(part, facts)
+            self._fold_one(part, facts, partition, offset, index)
 
-    def _fold_one(self, part: _Partition, facts: TraceFacts) -> None:
+    def _fold_one(self, part: _Partition, facts: TraceFacts, partition: int, offset: int, index: int) -> None:
         sid = facts.session_id
+        user = facts.user_id
+        inferred = hidden = False
         if not sid:
-            self.stats.sessionless += 1
-            return
+            if not user:
+                self.stats.sessionless += 1
+                return
+            if self.config.infer_sessions:
+                sid, inferred = self._infer(part, facts, user), True
+            else:  # no session: a per-user, per-day state only to count each trace once
+                sid, hidden = loose_key(user, day_of(facts.timestamp_ms)), True
         state = part.sessions.get(sid)
         if state is None:
-            state = part.sessions[sid] = new_session(facts, sid)
-        if apply(state, facts):
-            self.stats.new_traces += 1
-            part.dirty.add(sid)
-            part.open.add(sid)
+            state = part.sessions[sid] = new_session(facts, sid, inferred=inferred)
+            state.hidden = hidden
+            if inferred and user:
+                part.inferred.setdefault(user, []).append(sid)
+        if not apply(state, facts):
+            return
+        self.stats.new_traces += 1
+        if inferred:
+            self.stats.inferred += 1
+        part.dirty.add(sid)
+        part.open.add(sid)
+        part.touched_at[sid] = offset
+        if user and self.config.emit_rollups and _valid_fact(facts, user):
+            fact = UserTraceFact(
+                user_id=user, trace_id=facts.trace_id, timestamp_ms=facts.timestamp_ms,
+                execution_time_ms=facts.execution_time_ms, src_partition=partition, src_offset=offset,
+                src_line=index, experiment_id=facts.experiment_id, session_id="" if hidden else sid,
+                error=facts.error, input_tokens=facts.input_tokens, output_tokens=facts.output_tokens,
+                total_tokens=facts.total_tokens,
+            )  # fmt: skip
+            part.outbox.setdefault(self._rollup_partition(user), []).append(encode_event(fact))
+
+    def _infer(self, part: _Partition, facts: TraceFacts, user: str) -> str:
+        """The inferred session of a session-less trace: the user's session it was already counted in,
+        else one whose turns are within the inactivity gap of it, else a new one starting with it."""
+        gap = self._session_config.inactivity_gap_ms
+        ts = facts.timestamp_ms
+        near = None
+        for sid in reversed(part.inferred.get(user, ())):
+            state = part.sessions[sid]
+            if state.seen(facts.trace_id):
+                return sid
+            if near is None and state.first_ms - gap < ts < state.last_end_ms + gap:
+                near = sid
+        return near if near is not None else inferred_session_id(user, ts)
+
+    def _rollup_partition(self, user: str) -> int:
+        """Kafka's default partition of the key ``user`` (murmur2), as any Kafka client would pick."""
+        p = self._user_partition.get(user)
+        if p is None:
+            from aiokafka.partitioner import murmur2
+
+            if len(self._user_partition) > 100_000:
+                self._user_partition.clear()
+            p = self._user_partition[user] = (murmur2(user.encode()) & 0x7FFFFFFF) % self.config.rollup_partitions
+        return p
 
     async def _agent(self, stream: Any) -> None:
         async for event in stream.noack().events():
@@ -227,7 +324,8 @@ class Sessionizer:
                 stats.first_envelope_at = now
             value = event.value
             if value:
-                self.fold(event.message.partition, split_envelope(value))
+                message = event.message
+                self.fold(message.partition, split_envelope(value), message.offset)
             stats.envelopes += 1
             stats.last_envelope_at = now
             self._pending.append(event)
@@ -250,22 +348,70 @@ class Sessionizer:
                 close(state)
                 part.open.discard(sid)
                 part.dirty.add(sid)
-                self.stats.sessions_closed += 1
+                heapq.heappush(part.closed, (state.last_end_ms, sid))
+                if not state.hidden:
+                    self.stats.sessions_closed += 1
+
+    def _evict(self, partition: int, part: _Partition) -> list[str]:
+        """Forget closed sessions whose last turn ended ``state_retention_ms`` before the watermark,
+        once every event that touched them is committed (a replay must never meet a session it
+        already counted but no longer remembers)."""
+        retention = self.config.state_retention_ms
+        if retention is None or not part.closed:
+            return []
+        committed = self._committed(partition)
+        if committed is None:
+            return []
+        horizon = part.watermark_ms - retention
+        evicted: list[str] = []
+        while part.closed and part.closed[0][0] < horizon:
+            last_end, sid = part.closed[0]
+            state = part.sessions.get(sid)
+            if state is None or state.status != "closed" or state.last_end_ms != last_end:
+                heapq.heappop(part.closed)  # stale: evicted or reopened since
+                continue
+            if sid in part.dirty or part.touched_at.get(sid, part.base_offset) >= committed:
+                break
+            heapq.heappop(part.closed)
+            del part.sessions[sid]
+            part.touched_at.pop(sid, None)
+            if state.inferred and state.user_ids:
+                ids = part.inferred.get(min(state.user_ids), [])
+                if sid in ids:
+                    ids.remove(sid)
+            evicted.append(sid)
+        self.stats.sessions_evicted += len(evicted)
+        return evicted
+
+    def _committed(self, partition: int) -> int | None:
+        """The committed offset of a ``traces.v1`` partition as faust last committed it (a replay
+        starts there), or ``None`` if unknown."""
+        from faust.types import TP
+
+        committed = getattr(self.app.consumer, "_committed_offset", None)  # faust keeps no public view
+        if committed is None:
+            return None
+        value = committed.get(TP(self._traces.get_topic_name(), partition))
+        return int(value) if value is not None else None
 
     def _snapshot(self) -> list[_Batch]:
         batches = []
         for p, part in self._parts.items():
             self._close_due(part)
-            if not part.dirty:
+            evicted = self._evict(p, part)
+            facts, part.outbox = part.outbox, {}
+            if not part.dirty and not facts and not evicted:
                 continue
-            changelog = []
+            changelog: list[tuple[bytes, bytes | None]] = []
             records = []
             for sid in part.dirty:
                 state = part.sessions[sid]
                 changelog.append((state_key(p, sid), encode_state(state)))
-                records.append(encode_event(state.to_record()))
+                if not state.hidden:
+                    records.append(encode_event(state.to_record()))
+            changelog.extend((state_key(p, sid), None) for sid in evicted)
             part.dirty.clear()
-            batches.append(_Batch(p, self._generation.get(p, 0), changelog, records, part.watermark_ms))
+            batches.append(_Batch(p, self._generation.get(p, 0), changelog, records, facts, part.watermark_ms))
         return batches
 
     def _owned(self, batch: _Batch) -> bool:
@@ -277,19 +423,39 @@ class Sessionizer:
             await self._flush()
 
     async def _flush(self) -> None:
-        if not self._pending and not any(p.dirty for p in self._parts.values()):
+        if not self._pending and not any(p.dirty or p.outbox for p in self._parts.values()):
             return
         pending, self._pending = self._pending, []
         generations = dict(self._generation)
         batches = self._snapshot()
         producer = self.app.producer
+        step = self.config.max_records_per_envelope
         if batches:
+            sent: list[Any] = []
+            for batch in batches:  # 1. facts, durable before the state that counts their traces
+                for target, lines in sorted(batch.facts.items()):
+                    for i in range(0, len(lines), step):
+                        if not self._owned(batch):
+                            break
+                        chunk = lines[i : i + step]
+                        sent.append(
+                            await producer.send(
+                                self._rollups_topic, None, encode_envelope(chunk), target, None,
+                                envelope_headers(len(chunk)),
+                            )
+                        )  # fmt: skip
+                        self.stats.facts_emitted += len(chunk)
+            if sent:
+                await asyncio.gather(*sent)  # raises if the broker refused one: nothing is acked then
             changelog_topic = self.table.changelog_topic.get_topic_name()
-            for batch in batches:
+            for batch in batches:  # 2. state
                 if not self._owned(batch):
                     continue
                 for key, value in batch.changelog:
-                    self.table.data[key] = value
+                    if value is None:
+                        self.table.data.pop(key, None)
+                    else:
+                        self.table.data[key] = value
                     await producer.send(changelog_topic, key, value, batch.partition, None, None)
             await producer.flush()
             for batch in batches:  # each alone in its batch: see the module docstring
@@ -297,8 +463,7 @@ class Sessionizer:
                     key, wm = watermark_key(batch.partition), str(batch.watermark_ms).encode()
                     self.table.data[key] = wm
                     await producer.send(changelog_topic, key, wm, batch.partition, None, None)
-            step = self.config.max_records_per_envelope
-            for batch in batches:
+            for batch in batches:  # 3. session records
                 for i in range(0, len(batch.records), step):
                     if not self._owned(batch):
                         break
@@ -315,7 +480,12 @@ class Sessionizer:
         self.stats.flushes += 1
 
     async def _on_timer(self) -> None:
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:
+            # Facts or state may be half sent: only a replay from the committed offsets is safe.
+            log.error("flush failed; stopping the worker so its partitions are replayed: %r", exc)
+            await self.app.crash(exc)
 
     async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """Drop (never flush) revoked partitions: the next owner replays from the committed offset,
@@ -328,6 +498,11 @@ class Sessionizer:
         self._pending = [e for e in self._pending if e.message.partition not in parts]
         if parts:
             log.info("revoked partitions %s: state dropped", sorted(parts))
+
+
+def _valid_fact(facts: TraceFacts, user: str) -> bool:
+    """Whether a trace's fact passes the contract (the sink would dead-letter it otherwise)."""
+    return len(user) <= 250 and _TRACE_ID.match(facts.trace_id) is not None and 0 < len(facts.experiment_id) <= 64
 
 
 def create_sessionizer(config: SessionizerConfig) -> faust.App:

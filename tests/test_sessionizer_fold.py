@@ -1,0 +1,187 @@
+"""The sessionizer's fold without a broker: inferred sessions, session-less traces, the facts it emits,
+eviction, and the exactly-once argument for rollups as a property: a worker that crashes at any point
+and is replaced by one restored from its last flushed state re-emits identical facts in the same
+order, so the sink's marks (``advance_mark``) apply every trace's fact exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracehouse.processors import advance_mark
+from tracehouse.processors.sessions import Sessionizer, SessionizerConfig
+from tracehouse.schemas import TraceEvent, encode_event, split_envelope
+
+T0 = 1_795_000_000_000
+MIN = 60_000
+
+
+def line(i: int, ts: int, user: str | None, session: str | None = None, dur: int = 100,
+         state: Literal["OK", "ERROR"] = "OK") -> bytes:  # fmt: skip
+    meta = {}
+    if user:
+        meta["mlflow.trace.user"] = user
+    if session:
+        meta["mlflow.trace.session"] = session
+    return encode_event(
+        TraceEvent(trace_id=f"tr-{i:032x}", timestamp_ms=ts, execution_time_ms=dur, state=state, metadata=meta)
+    )
+
+
+def worker(tmp: Path, **overrides: object) -> Sessionizer:
+    return Sessionizer(SessionizerConfig(datadir=str(tmp), rollup_partitions=3, **overrides))  # type: ignore[arg-type]
+
+
+def facts_of(w: Sessionizer) -> list[dict[str, object]]:
+    """The facts waiting in the outboxes, decoded, in emission order per target partition."""
+    out = []
+    for part in w._parts.values():
+        for target in sorted(part.outbox):
+            out += [orjson.loads(x) | {"target": target} for x in part.outbox[target]]
+    return out
+
+
+def test_inferred_sessions_split_on_the_gap_and_count_each_trace_once(tmp_path: Path) -> None:
+    w = worker(tmp_path, infer_sessions=True, inactivity_gap_ms=30 * MIN)
+    w.fold(0, [line(1, T0, "u"), line(2, T0 + 5 * MIN, "u"), line(3, T0 + 60 * MIN, "u"), line(2, T0 + 5 * MIN, "u"),
+               line(4, T0 + 1 * MIN, "v"), line(5, T0 + 2 * MIN, None)], offset=7)  # fmt: skip
+    sessions = w._parts[0].sessions
+    assert {sid: (s.turns, s.inferred) for sid, s in sessions.items()} == {
+        f"inferred:u:{T0}": (2, True), f"inferred:u:{T0 + 60 * MIN}": (1, True), f"inferred:v:{T0 + MIN}": (1, True),
+    }  # fmt: skip
+    assert w.stats.inferred == 4
+    assert w.stats.sessionless == 1  # neither user nor session
+    late = line(6, T0 + 20 * MIN, "u")  # within the gap of the first session's end: joins it
+    w.fold(0, [late], offset=8)
+    assert sessions[f"inferred:u:{T0}"].turns == 3
+    facts = facts_of(w)
+    assert sorted(str(f["trace_id"]) for f in facts) == [f"tr-{i:032x}" for i in (1, 2, 3, 4, 6)]
+    u_sessions = {f["session_id"] for f in facts if f["user_id"] == "u"}
+    assert u_sessions == {f"inferred:u:{T0}", f"inferred:u:{T0 + 60 * MIN}"}
+
+
+def test_without_inference_sessionless_traces_only_count_for_rollups(tmp_path: Path) -> None:
+    w = worker(tmp_path)
+    w.fold(2, [line(1, T0, "u"), line(1, T0, "u"), line(2, T0 + 90 * MIN, "u", session="s")], offset=0)
+    part = w._parts[2]
+    visible = [s for s in part.sessions.values() if not s.hidden]
+    assert [s.session_id for s in visible] == ["s"]
+    batches = w._snapshot()
+    records = [orjson.loads(r) for b in batches for r in b.records]
+    assert [r["session_id"] for r in records] == ["s"]  # no record for the hidden per-user state
+    facts = [orjson.loads(x) for b in batches for lines in b.facts.values() for x in lines]
+    assert sorted((f["trace_id"], f.get("session_id", "")) for f in facts) == [
+        (f"tr-{1:032x}", ""), (f"tr-{2:032x}", "s")
+    ]  # fmt: skip
+    assert all(f["src_partition"] == 2 and f["src_offset"] == 0 for f in facts)
+
+
+def test_closed_sessions_are_evicted_only_after_retention_and_commit(tmp_path: Path) -> None:
+    class Committed(Sessionizer):
+        committed: int | None = None
+
+        def _committed(self, partition: int) -> int | None:
+            return self.committed
+
+    w = Committed(SessionizerConfig(datadir=str(tmp_path), inactivity_gap_ms=30 * MIN, state_retention_ms=60 * MIN))
+    w.fold(0, [line(1, T0, "u", "old")], offset=0)
+    w.fold(0, [line(2, T0 + 40 * MIN, "u", "b")], offset=1)
+    w._snapshot()  # closes "old" (gap passed)
+    assert w._parts[0].sessions["old"].status == "closed"
+    w.fold(0, [line(3, T0 + 2 * 60 * MIN, "u", "c")], offset=2)
+    w._snapshot()  # past retention, but offset 0 is not committed yet: kept
+    assert "old" in w._parts[0].sessions
+    w.committed = 1
+    batches = w._snapshot()
+    assert "old" not in w._parts[0].sessions
+    assert w.stats.sessions_evicted == 1
+    assert (b"0\x00old", None) in [c for b in batches for c in b.changelog]  # a tombstone in the changelog
+
+
+def test_closed_session_keeps_deduplicating_with_sealed_hashes(tmp_path: Path) -> None:
+    w = worker(tmp_path, inactivity_gap_ms=30 * MIN)
+    w.fold(0, [line(i, T0 + i * MIN, "u", "s") for i in range(50)], offset=0)
+    w.fold(0, [line(99, T0 + 200 * MIN, "u", "t")], offset=1)
+    w._snapshot()
+    state = w._parts[0].sessions["s"]
+    assert state.status == "closed"
+    assert not state.trace_ids
+    assert len(state.sealed) == 50 * 8
+    w.fold(0, [line(7, T0 + 7 * MIN, "u", "s")], offset=2)  # a duplicate after close: nothing changes
+    assert (state.turns, state.status) == (50, "closed")
+    w.fold(0, [line(100, T0 + 60 * MIN, "u", "s")], offset=3)  # a late turn reopens the same record
+    assert (state.turns, state.status) == (51, "open")
+
+
+#: A trace number: repeated numbers are duplicate events of one trace (same identity and times).
+event_st = st.integers(0, 30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    envelopes=st.lists(st.lists(event_st, min_size=1, max_size=6), min_size=1, max_size=12),
+    crash=st.data(),
+)
+def test_replay_after_a_crash_re_emits_identical_facts_applied_once(
+    tmp_path_factory: object, envelopes: list[list[int]], crash: st.DataObject
+) -> None:
+    """A: folds, flushes at ``f``, keeps folding to ``k`` (facts sent), crashes. B: restored from A's
+    state at ``f``, replays from the committed offset ``c <= f`` to the end. The facts the sink applies
+    (A's, then B's, through ``advance_mark``) equal one uninterrupted run's, each trace once."""
+    infer = crash.draw(st.booleans(), "infer")
+
+    def ln(i: int) -> bytes:
+        user = [None, "u1", "u2", "u3"][i % 4]
+        session = ["s1", None, "s2"][i % 3]
+        return line(i, T0 + (i % 11) * 7 * MIN + i, user, session, dur=i * 11, state="ERROR" if i % 4 == 1 else "OK")
+
+    payloads = [[ln(e) for e in env] for env in envelopes]
+    n = len(payloads)
+    f = crash.draw(st.integers(0, n), "flush at")
+    k = crash.draw(st.integers(f, n), "crash at")
+    c = crash.draw(st.integers(0, f), "committed")
+    tmp = Path(str(tmp_path_factory.mktemp("fold")))  # type: ignore[attr-defined]
+
+    def run(w: Sessionizer, start: int, stop: int) -> None:
+        for off in range(start, stop):
+            w.fold(0, split_envelope(b"\n".join(payloads[off])), offset=off)
+
+    def drain(w: Sessionizer) -> list[tuple[int, bytes]]:
+        out = []
+        for b in w._snapshot():
+            for target in sorted(b.facts):
+                out += [(target, x) for x in b.facts[target]]
+            for key, value in b.changelog:  # what the flush writes to the changelog (restored by B)
+                if value is None:
+                    w.table.data.pop(key, None)
+                else:
+                    w.table.data[key] = value
+        return out
+
+    reference = worker(tmp / "ref", infer_sessions=infer)
+    run(reference, 0, n)
+    want = drain(reference)
+
+    a = worker(tmp / "a", infer_sessions=infer)
+    run(a, 0, f)
+    sent = drain(a)
+    saved = dict(a.table.data)
+    run(a, f, k)
+    sent += drain(a)  # sent before the crash, but the state of this flush never reached the changelog
+    b = worker(tmp / "b", infer_sessions=infer)
+    b.table.data.update(saved)
+    run(b, c, n)
+    sent += drain(b)
+
+    marks: dict[int, dict[int, tuple[int, int]]] = {}  # the sink's marks, per user-rollups partition
+    applied = []
+    for target, x in sent:
+        d = orjson.loads(x)
+        if advance_mark(marks.setdefault(target, {}), d["src_partition"], d["src_offset"], d.get("src_line", 0)):
+            applied.append((target, x))
+    assert sorted(applied) == sorted(want)
+    assert len({orjson.loads(x)["trace_id"] for _, x in applied}) == len(applied)
