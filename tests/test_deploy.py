@@ -30,8 +30,8 @@ def _tracehouse_invocations(service: dict[str, Any]) -> list[list[str]]:
 
 
 def test_compose_has_every_role() -> None:
-    assert {"kafka", "clickhouse", "init", "sink", "api"} <= set(SERVICES)
-    assert set(TRACEHOUSE_SERVICES) == {"init", "sink", "api"}
+    assert {"kafka", "clickhouse", "init", "sink", "sessionizer", "api"} <= set(SERVICES)
+    assert set(TRACEHOUSE_SERVICES) == {"init", "sink", "sessionizer", "api"}
 
 
 @pytest.mark.parametrize("name", sorted(TRACEHOUSE_SERVICES))

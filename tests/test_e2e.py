@@ -259,9 +259,14 @@ def test_tracehouse_up_demo_query_clean_drain_and_restart(tmp_path: Path) -> Non
         records = store.query("SELECT session_id, turns, first_ms, error_turns FROM sessions FINAL ORDER BY session_id")
         assert len(records) == 50
         assert records == from_traces
+        # ... and the per-user rollups count every demo trace once, per user as the traces do.
+        rollups = store.query("SELECT user_id, sum(interactions) FROM user_rollups_daily GROUP BY user_id ORDER BY 1")
+        per_user = store.query("SELECT user_id, count() FROM traces FINAL GROUP BY user_id ORDER BY 1")
+        assert rollups == per_user
     # A second run starts a fresh in-memory broker at offset 0 over the same store: its traces must not
     # be mistaken for replays of the first run's batches.
     second, lines = _up_with_demo(data_dir, queries=False)
-    assert any(ln.startswith(f"stopped: {second + 50} events written") for ln in lines), "\n".join(lines)
+    # the demo's traces, its 50 session records and one user_trace fact per trace
+    assert any(ln.startswith(f"stopped: {2 * second + 50} events written") for ln in lines), "\n".join(lines)
     with Store(f"chdb://{data_dir / 'chdb'}") as store:
         assert store.query("SELECT count() FROM traces")[0][0] == first + second

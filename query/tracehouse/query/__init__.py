@@ -7,11 +7,18 @@ trace objects, per-user and per-session analysis, and DataFrames.
 >>> [t.info.trace_id for t in page.traces], page.next_page_token
 """
 
-from ._analysis import SessionTimeline, SessionTurn, UserSummary, session_timeline, user_summary
+from ._analysis import SessionTimeline, SessionTurn, UserSummary, session_timeline, user_summary_from_traces
 from ._assessment import Assessment, AssessmentSource
 from ._client import PagedList, RemoteError, TraceClient, search_traces
 from ._compile import filter_to_sql
-from ._dataframe import DATAFRAME_COLUMNS, SESSION_DATAFRAME_COLUMNS, sessions_to_dataframe, traces_to_dataframe
+from ._dataframe import (
+    DATAFRAME_COLUMNS,
+    SESSION_DATAFRAME_COLUMNS,
+    USER_DATAFRAME_COLUMNS,
+    sessions_to_dataframe,
+    traces_to_dataframe,
+    users_to_dataframe,
+)
 from ._entities import Trace, TraceData, TraceInfo, TraceMetadata, TraceState, TraceStatus
 from ._errors import (
     INVALID_PARAMETER_VALUE,
@@ -36,6 +43,15 @@ from ._sessions import (
     session_summary,
 )
 from ._span import Span, SpanEvent, SpanStatusCode
+from ._users import (
+    USER_ORDER_KEYS,
+    UserDetail,
+    UserPage,
+    UserRollup,
+    get_user,
+    list_users,
+    user_summary,
+)
 
 __all__ = [
     "DATAFRAME_COLUMNS",
@@ -43,6 +59,8 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "SESSION_DATAFRAME_COLUMNS",
     "SESSION_ORDER_KEYS",
+    "USER_DATAFRAME_COLUMNS",
+    "USER_ORDER_KEYS",
     "Assessment",
     "AssessmentSource",
     "Comparison",
@@ -72,11 +90,16 @@ __all__ = [
     "TraceReader",
     "TraceState",
     "TraceStatus",
+    "UserDetail",
+    "UserPage",
+    "UserRollup",
     "UserSummary",
     "collect_traces",
     "filter_to_sql",
     "get_session",
+    "get_user",
     "list_sessions",
+    "list_users",
     "parse_filter",
     "parse_order_by",
     "search_traces",
@@ -85,4 +108,6 @@ __all__ = [
     "sessions_to_dataframe",
     "traces_to_dataframe",
     "user_summary",
+    "user_summary_from_traces",
+    "users_to_dataframe",
 ]

@@ -69,8 +69,10 @@ class UserSummary:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def user_summary(store: Store, user_id: str, experiment_ids: Sequence[str] | None = None) -> UserSummary:
-    """Aggregate every trace of ``user_id`` (optionally within ``experiment_ids``) in one query."""
+def user_summary_from_traces(store: Store, user_id: str, experiment_ids: Sequence[str] | None = None
+                             ) -> UserSummary:  # fmt: skip
+    """Aggregate every trace of ``user_id`` (optionally within ``experiment_ids``) in one query: the
+    reference computation the rollups (:func:`tracehouse.query.user_summary`) must equal."""
     params = Params()
     where = _scope(params, "user_id", user_id, experiment_ids)
     source = _TRACES.format(columns=_SUMMARY_COLUMNS, where=where)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ._analysis import SessionTimeline, UserSummary
     from ._sessions import SessionDetail, SessionPage, SessionSummary
+    from ._users import UserDetail, UserPage, UserRollup
 
 DEFAULT_URI = "http://127.0.0.1:5000"
 PAGE_LIMIT = 500
@@ -57,7 +58,11 @@ class _Backend(Protocol):
 
     def get_trace(self, trace_id: str) -> Trace | None: ...
 
-    def user_summary(self, user_id: str, experiment_ids: list[str] | None) -> UserSummary: ...
+    def user_summary(self, user_id: str, experiment_ids: list[str] | None, source: str) -> UserSummary: ...
+
+    def list_users(self, query: dict[str, Any]) -> UserPage: ...
+
+    def get_user(self, user_id: str, query: dict[str, Any]) -> UserDetail: ...
 
     def session_timeline(
         self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
@@ -92,8 +97,14 @@ class _StoreBackend:
     def get_trace(self, trace_id: str) -> Trace | None:
         return self._reader.get_trace(trace_id)
 
-    def user_summary(self, user_id: str, experiment_ids: list[str] | None) -> UserSummary:
-        return self._reader.user_summary(user_id, experiment_ids)
+    def user_summary(self, user_id: str, experiment_ids: list[str] | None, source: str) -> UserSummary:
+        return self._reader.user_summary(user_id, experiment_ids, source)  # type: ignore[arg-type]
+
+    def list_users(self, query: dict[str, Any]) -> UserPage:
+        return self._reader.list_users(**query)
+
+    def get_user(self, user_id: str, query: dict[str, Any]) -> UserDetail:
+        return self._reader.get_user(user_id, **query)
 
     def session_timeline(
         self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
@@ -160,12 +171,34 @@ class _HttpBackend:
             raise
         return Trace.from_dict(out["trace"])
 
-    def user_summary(self, user_id: str, experiment_ids: list[str] | None) -> UserSummary:
+    def user_summary(self, user_id: str, experiment_ids: list[str] | None, source: str) -> UserSummary:
         from ._analysis import UserSummary
 
-        params = {"experiment_id": experiment_ids} if experiment_ids else None
+        params: dict[str, Any] = {"source": source}
+        if experiment_ids:
+            params["experiment_id"] = experiment_ids
         out = self._call("GET", f"/api/tracehouse/v1/users/{quote(user_id, safe='')}", params=params)
         return UserSummary.from_dict(out["user"])
+
+    @staticmethod
+    def _params(query: dict[str, Any]) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, value in query.items():
+            if value is None or value == [] or value == "":
+                continue
+            params["experiment_id" if name == "experiment_ids" else name] = value
+        return params
+
+    def list_users(self, query: dict[str, Any]) -> UserPage:
+        from ._users import UserPage
+
+        return UserPage.from_dict(self._call("GET", "/api/tracehouse/v1/users", params=self._params(query)))
+
+    def get_user(self, user_id: str, query: dict[str, Any]) -> UserDetail:
+        from ._users import UserDetail
+
+        out = self._call("GET", f"/api/tracehouse/v1/users/{quote(user_id, safe='')}", params=self._params(query))
+        return UserDetail.from_dict(out["rollup"])
 
     def session_timeline(
         self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
@@ -183,15 +216,7 @@ class _HttpBackend:
     def list_sessions(self, query: dict[str, Any]) -> SessionPage:
         from ._sessions import SessionPage
 
-        params: dict[str, Any] = {}
-        for name, value in query.items():
-            if value is None or value == [] or value == "":
-                continue
-            if name == "experiment_ids":
-                params["experiment_id"] = value
-            else:
-                params[name] = value
-        return SessionPage.from_dict(self._call("GET", "/api/tracehouse/v1/sessions", params=params))
+        return SessionPage.from_dict(self._call("GET", "/api/tracehouse/v1/sessions", params=self._params(query)))
 
     def get_session(
         self, session_id: str, experiment_ids: list[str] | None, page_token: str | None, max_results: int
@@ -277,9 +302,74 @@ class TraceClient:
         """One trace with its spans, current tags and assessments, or ``None``."""
         return self._backend.get_trace(trace_id)
 
-    def user_summary(self, user_id: str, *, experiment_ids: Sequence[str] | None = None) -> UserSummary:
-        """A user's interactions, unique sessions, response times and errors, computed in ClickHouse."""
-        return self._backend.user_summary(user_id, list(experiment_ids) if experiment_ids else None)
+    def user_summary(
+        self, user_id: str, *, experiment_ids: Sequence[str] | None = None, source: str = "auto"
+    ) -> UserSummary:
+        """A user's interactions, unique sessions, response times and errors: from the per-user rollups
+        (``source="rollups"``), from the raw traces (``"traces"``), or the rollups when the user has
+        any (``"auto"``)."""
+        return self._backend.user_summary(user_id, list(experiment_ids) if experiment_ids else None, source)
+
+    def list_users(
+        self,
+        *,
+        experiment_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        order_by: str | Sequence[str] | None = None,
+        max_results: int = 100,
+        page_token: str | None = None,
+    ) -> UserPage:
+        """One page (≤ 500) of users with their rollups, ordered by any rollup column
+        (default ``interactions DESC``); see :func:`tracehouse.query.list_users`."""
+        orders = [order_by] if isinstance(order_by, str) else list(order_by) if order_by else None
+        return self._backend.list_users({
+            "experiment_ids": list(experiment_ids) if experiment_ids else None, "since": since, "until": until,
+            "order_by": orders, "max_results": max_results, "page_token": page_token,
+        })  # fmt: skip
+
+    def iter_users(self, **kwargs: Any) -> Iterator[UserRollup]:
+        """Every user, page by page (``kwargs`` as :meth:`list_users`)."""
+        token = kwargs.pop("page_token", None)
+        kwargs.setdefault("max_results", PAGE_LIMIT)
+        while True:
+            page = self.list_users(page_token=token, **kwargs)
+            yield from page.users
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_users_df(self, *, max_results: int | None = 100, **kwargs: Any) -> pd.DataFrame:
+        """Users and their rollups as a DataFrame (``kwargs`` as :meth:`list_users`), following pages
+        until ``max_results`` (``None``: all)."""
+        from ._dataframe import users_to_dataframe
+
+        out: list[UserRollup] = []
+        for user in self.iter_users(**kwargs):
+            if max_results is not None and len(out) >= max_results:
+                break
+            out.append(user)
+        return users_to_dataframe(out)
+
+    def get_user(
+        self,
+        user_id: str,
+        *,
+        experiment_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> UserDetail:
+        """A user's rollup over the selected days and its daily buckets (``summary`` is ``None`` for a
+        user without rollups)."""
+        return self._backend.get_user(user_id, {
+            "experiment_ids": list(experiment_ids) if experiment_ids else None, "since": since, "until": until,
+        })  # fmt: skip
+
+    def get_user_df(self, user_id: str, **kwargs: Any) -> pd.DataFrame:
+        """A user's daily buckets as a DataFrame (``kwargs`` as :meth:`get_user`)."""
+        from ._dataframe import users_to_dataframe
+
+        return users_to_dataframe(self.get_user(user_id, **kwargs).days)
 
     def session_timeline(
         self,

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ._sessions import SessionSummary
+    from ._users import UserRollup
 
 #: MLflow 3's ``search_traces`` DataFrame columns, in order.
 DATAFRAME_COLUMNS: Final = (
@@ -72,3 +73,18 @@ def sessions_to_dataframe(sessions: Iterable[SessionSummary]) -> pd.DataFrame:
 
     rows = [s.to_dict() for s in sessions]
     return pd.DataFrame(rows, columns=list(SESSION_DATAFRAME_COLUMNS))
+
+
+#: Columns of :func:`users_to_dataframe`, in order (``day`` is set for daily buckets only).
+USER_DATAFRAME_COLUMNS: Final = (
+    "user_id", "day", "interactions", "unique_sessions", "avg_response_time_ms", "p50_response_time_ms",
+    "p95_response_time_ms", "error_count", "error_rate", "first_seen_ms", "last_seen_ms", "input_tokens",
+    "output_tokens", "total_tokens",
+)  # fmt: skip
+
+
+def users_to_dataframe(users: Iterable[UserRollup]) -> pd.DataFrame:
+    """One row per user (or per user and day) with :data:`USER_DATAFRAME_COLUMNS`."""
+    import pandas as pd
+
+    return pd.DataFrame([u.to_dict() for u in users], columns=list(USER_DATAFRAME_COLUMNS))

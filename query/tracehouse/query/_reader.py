@@ -8,7 +8,7 @@ from typing import Any
 
 from tracehouse.storage import Store
 
-from ._analysis import SessionTimeline, UserSummary, session_timeline, user_summary
+from ._analysis import SessionTimeline, UserSummary, session_timeline
 from ._compile import compile_filter
 from ._entities import Trace, TraceData, TraceInfo
 from ._errors import InvalidFilterError
@@ -18,6 +18,7 @@ from ._order import keyset_predicate, order_by_sql, parse_order_by, sort_columns
 from ._paging import MAX_PAGE_SIZE, decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 from ._sessions import SessionDetail, SessionPage, get_session, list_sessions
+from ._users import SummarySource, UserDetail, UserPage, get_user, list_users, user_summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +189,27 @@ class TraceReader:
         trace = self.get_trace(trace_id, include_spans=False)
         return None if trace is None else trace.info
 
-    def user_summary(self, user_id: str, experiment_ids: Sequence[str] | None = None) -> UserSummary:
+    def user_summary(self, user_id: str, experiment_ids: Sequence[str] | None = None,
+                     source: SummarySource = "auto") -> UserSummary:  # fmt: skip
         """See :func:`tracehouse.query.user_summary`."""
-        return user_summary(self.store, user_id, experiment_ids)
+        return user_summary(self.store, user_id, experiment_ids, source)
+
+    def list_users(
+        self,
+        experiment_ids: Sequence[str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        order_by: str | Sequence[str] | None = None,
+        max_results: int = 100,
+        page_token: str | None = None,
+    ) -> UserPage:
+        """See :func:`tracehouse.query.list_users`."""
+        return list_users(self.store, experiment_ids, since, until, order_by, max_results, page_token)
+
+    def get_user(self, user_id: str, experiment_ids: Sequence[str] | None = None, since: int | None = None,
+                 until: int | None = None) -> UserDetail:  # fmt: skip
+        """See :func:`tracehouse.query.get_user`."""
+        return get_user(self.store, user_id, experiment_ids, since, until)
 
     def session_timeline(self, session_id: str, experiment_ids: Sequence[str] | None = None,
                          page_token: str | None = None, max_results: int = 100) -> SessionTimeline:

@@ -168,10 +168,32 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
 
     @_guard
     async def th_user(request: Request) -> Response:
+        # "user" is the summary (the shape older clients read); "rollup" the rollup with daily buckets.
         user_id = request.path_params["user_id"]
-        exps = request.query_params.getlist("experiment_id") or None
-        summary = await run_in_threadpool(rd.user_summary, user_id, exps)
-        return json_response({"user": summary.to_dict()})
+        q = request.query_params
+        exps = q.getlist("experiment_id") or None
+        source = q.get("source") or "auto"
+        if source not in ("auto", "rollups", "traces"):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", f"source must be auto, rollups or traces, not {source!r}")
+        summary = await run_in_threadpool(rd.user_summary, user_id, exps, source)  # type: ignore[arg-type]
+        detail = await run_in_threadpool(
+            rd.get_user, user_id, exps, _int_param(q.get("since"), "since"), _int_param(q.get("until"), "until")
+        )
+        return json_response({"user": summary.to_dict(), "rollup": detail.to_dict()})
+
+    @_guard
+    async def th_users(request: Request) -> Response:
+        q = request.query_params
+        page = await run_in_threadpool(
+            rd.list_users,
+            experiment_ids=q.getlist("experiment_id") or None,
+            since=_int_param(q.get("since"), "since"),
+            until=_int_param(q.get("until"), "until"),
+            order_by=q.getlist("order_by") or None,
+            max_results=_max_results(q.get("max_results"), default=100),
+            page_token=q.get("page_token") or None,
+        )
+        return json_response(page.to_dict())
 
     @_guard
     async def th_session(request: Request) -> Response:
@@ -233,6 +255,7 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
         Route("/health", health),
         Route("/api/tracehouse/v1/traces/search", th_search, methods=["POST"]),
         Route("/api/tracehouse/v1/traces/{trace_id:path}", th_get_trace),
+        Route("/api/tracehouse/v1/users", th_users),
         Route("/api/tracehouse/v1/users/{user_id:path}", th_user),
         Route("/api/tracehouse/v1/sessions", th_sessions),
         Route("/api/tracehouse/v1/sessions/{session_id:path}", th_session),

@@ -59,8 +59,13 @@ def main() -> None:
 @click.option("--partitions", default=8, show_default=True, help="Partitions of the traces topic.")
 @click.option("--topic-prefix", envvar="TRACEHOUSE_TOPIC_PREFIX", default=None, help="Kafka topic prefix.")
 @click.option("--demo", is_flag=True, help="Also run `tracehouse demo` traffic once everything is up.")
+@click.option("--inactivity-gap-ms", default=30 * 60 * 1000, show_default=True,
+              help="A session closes after this long without a turn (event time).")
+@click.option("--max-duration-ms", type=int, default=None, help="... or once it has lasted this long.")
+@click.option("--infer-sessions", is_flag=True,
+              help="Give traces with a user but no session id an inferred session (inferred:<user>:<ms>).")
 def up(port: int, host: str, kafka_port: int, data_dir: str, partitions: int, topic_prefix: str | None,
-       demo: bool) -> None:  # fmt: skip
+       demo: bool, inactivity_gap_ms: int, max_duration_ms: int | None, infer_sessions: bool) -> None:  # fmt: skip
     """Run the whole pipeline on the embedded defaults.
 
     Starts the Tansu Kafka broker, the processors and sink, a chDB store under --data-dir, and the
@@ -69,7 +74,9 @@ def up(port: int, host: str, kafka_port: int, data_dir: str, partitions: int, to
     from ._up import UpOptions, run_up
 
     opts = UpOptions(host=host, port=port, kafka_port=kafka_port, data_dir=Path(data_dir),
-                     partitions=partitions, topic_prefix=topic_prefix, demo=demo)  # fmt: skip
+                     partitions=partitions, topic_prefix=topic_prefix, demo=demo,
+                     inactivity_gap_ms=inactivity_gap_ms, max_duration_ms=max_duration_ms,
+                     infer_sessions=infer_sessions)  # fmt: skip
     try:
         run_up(opts)
     except (OSError, RuntimeError) as exc:
@@ -158,17 +165,73 @@ def search(filter_string: str | None, order_by: tuple[str, ...], max_results: in
 
 @main.command()
 @click.argument("user_id")
+@click.option("--source", type=click.Choice(["auto", "rollups", "traces"]), default="auto", show_default=True,
+              help="Summary from the per-user rollups, from the raw traces, or rollups when there are any.")
+@click.option("--days/--no-days", default=True, show_default=True, help="Also list the daily buckets.")
 @_experiment_option
 @_format_option
 @_uri_option
-def user(user_id: str, experiment_ids: tuple[str, ...], fmt: str, uri: str | None) -> None:
-    """Behaviour summary of one user: interactions, sessions, response times, errors."""
+def user(user_id: str, source: str, days: bool, experiment_ids: tuple[str, ...], fmt: str, uri: str | None) -> None:
+    """Behaviour of one user: interactions, sessions, response times, errors, tokens, and per day."""
+    exps = list(experiment_ids) or None
     try:
         with _client(uri) as client:
-            summary = client.user_summary(user_id, experiment_ids=list(experiment_ids) or None)
+            summary = client.user_summary(user_id, experiment_ids=exps, source=source)
+            detail = client.get_user(user_id, experiment_ids=exps) if days else None
+            recent = client.list_sessions(user_id, experiment_ids=exps, max_results=5)
     except (ValueError, ConnectionError) as exc:
         _fail(exc)
+    if fmt != "table":  # the summary's fields, plus the days and the latest sessions
+        out: dict[str, Any] = {**summary.to_dict(), "recent_sessions": [s.to_dict() for s in recent]}
+        if detail is not None:
+            out["days"] = [d.to_dict() for d in detail.days]
+        render_mapping(out, fmt)
+        return
     render_mapping(summary.to_dict(), fmt, title=f"user {user_id}")
+    if detail is not None and detail.days:
+        render([_rollup_row(d, "day", d.day) for d in detail.days], fmt, title=f"{len(detail.days)} days")
+    if recent.sessions:
+        render([{"session_id": s.session_id, "status": s.status, "turns": s.turns, "errors": s.error_turns,
+                 "last_ms": s.last_ms, "first_request": s.first_request_preview[:60]}
+                for s in recent.sessions], fmt, title="latest sessions")  # fmt: skip
+
+
+def _rollup_row(r: Any, key: str, value: Any) -> dict[str, Any]:
+    return {
+        key: value, "interactions": r.interactions, "sessions": r.unique_sessions,
+        "avg_ms": round(r.avg_response_time_ms, 1), "p50_ms": round(r.p50_response_time_ms, 1),
+        "p95_ms": round(r.p95_response_time_ms, 1), "errors": r.error_count, "error_rate": round(r.error_rate, 4),
+        "tokens": r.total_tokens, "last_seen_ms": r.last_seen_ms,
+    }  # fmt: skip
+
+
+@main.command()
+@click.option("--order-by", default="interactions DESC", show_default=True,
+              help="Any rollup column with ASC/DESC: interactions, unique_sessions, avg_response_time_ms, "
+                   "p50_response_time_ms, p95_response_time_ms, error_count, error_rate, first_seen_ms, "
+                   "last_seen_ms, input_tokens, output_tokens, total_tokens.")  # fmt: skip
+@click.option("--top", "max_results", default=20, show_default=True, help="How many users (at most 500 a page).")
+@click.option("--since", type=int, default=None, help="Only days overlapping [since, until) (ms since the epoch).")
+@click.option("--until", type=int, default=None, help="See --since.")
+@click.option("--page-token", default=None, help="Continue from a previous page.")
+@_experiment_option
+@_format_option
+@_uri_option
+def users(order_by: str, max_results: int, since: int | None, until: int | None, page_token: str | None,
+          experiment_ids: tuple[str, ...], fmt: str, uri: str | None) -> None:  # fmt: skip
+    """Top users by any rollup column (from the per-user rollups the stream processors maintain)."""
+    try:
+        with _client(uri) as client:
+            page = client.list_users(experiment_ids=list(experiment_ids) or None, since=since, until=until,
+                                     order_by=order_by, max_results=max_results, page_token=page_token)  # fmt: skip
+    except (ValueError, ConnectionError) as exc:
+        _fail(exc)
+    if fmt != "table":
+        render([u.to_dict() for u in page.users], fmt)
+    else:
+        render([_rollup_row(u, "user_id", u.user_id) for u in page.users], fmt, title=f"{len(page.users)} users")
+    if page.next_page_token and fmt == "table":
+        click.echo(f"more users: --page-token {page.next_page_token}", err=True)
 
 
 @main.command()
@@ -180,17 +243,27 @@ def user(user_id: str, experiment_ids: tuple[str, ...], fmt: str, uri: str | Non
 @_uri_option
 def session(session_id: str, max_results: int, page_token: str | None, experiment_ids: tuple[str, ...],
             fmt: str, uri: str | None) -> None:  # fmt: skip
-    """Timeline of one session: its turns in order with time, duration and status."""
+    """One session: its recorded summary (status, turns, errors, tokens) and its turns in order."""
     try:
         with _client(uri) as client:
-            timeline = client.session_timeline(
+            detail = client.get_session(
                 session_id, experiment_ids=list(experiment_ids) or None, page_token=page_token, max_results=max_results
             )
     except (ValueError, ConnectionError) as exc:
         _fail(exc)
-    data = timeline.to_dict()
+    data = detail.timeline.to_dict()
     turns = data.pop("turns", [])
-    render(turns, fmt, title=f"session {session_id}")
+    if fmt != "table":  # the turns (the summary is `tracehouse sessions --format json` or the HTTP API)
+        render(turns, fmt)
+        return
+    if detail.summary is not None and not page_token:
+        s = detail.summary
+        render_mapping({"status": s.status + (" (inferred)" if s.inferred else ""), "users": ", ".join(s.user_ids),
+                        "turns": s.turns, "error_turns": s.error_turns, "first_ms": s.first_ms, "last_ms": s.last_ms,
+                        "duration_ms": s.duration_ms, "avg_turn_ms": round(s.total_duration_ms / s.turns, 1)
+                        if s.turns else 0, "total_tokens": s.total_tokens}, fmt,
+                       title=f"session {session_id}")  # fmt: skip
+    render(turns, fmt, title=f"session {session_id}: turns")
     token = data.get("next_page_token")
     if token and fmt == "table":
         click.echo(f"more turns: --page-token {token}", err=True)
@@ -252,6 +325,20 @@ def sink(ctx: click.Context) -> None:
     from tracehouse.processors._cli import main as processors_main
 
     sys.exit(processors_main(["sink", *ctx.args]))
+
+
+@main.command(add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def sessionizer(ctx: click.Context) -> None:
+    """Run a sessionizer worker (faust): traces → sessions.v1 records and user-rollups.v1 facts.
+
+    Reads TRACEHOUSE_KAFKA_BOOTSTRAP and TRACEHOUSE_TOPIC_PREFIX; every option of
+    `python -m tracehouse.processors.sessions --help` is accepted (e.g. --app-id, --partitions,
+    --infer-sessions). Run several with one --app-id to share the partitions. Stops on SIGTERM.
+    """
+    from tracehouse.processors.sessions._app import main as sessionizer_main
+
+    sys.exit(sessionizer_main(ctx.args))
 
 
 @main.command()

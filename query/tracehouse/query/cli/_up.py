@@ -39,6 +39,9 @@ class UpOptions:
     topic_prefix: str | None = None
     demo: bool = False
     drain_timeout: float = 60.0
+    inactivity_gap_ms: int = 30 * 60 * 1000
+    max_duration_ms: int | None = None
+    infer_sessions: bool = False
 
 
 def run_up(opts: UpOptions) -> None:
@@ -89,6 +92,8 @@ async def _up(opts: UpOptions) -> None:
         sessions_stop = asyncio.Event()
         sessionizer_config = SessionizerConfig.resolve(
             bootstrap=broker.bootstrap, topic_prefix=prefix, partitions=opts.partitions,
+            rollup_partitions=opts.partitions, inactivity_gap_ms=opts.inactivity_gap_ms,
+            max_duration_ms=opts.max_duration_ms, infer_sessions=opts.infer_sessions,
             datadir=str(data_dir / "sessionizer"), app_id=group.replace("sink", "sessionizer"),
         )  # fmt: skip
         sessions_task = asyncio.create_task(
