@@ -21,10 +21,17 @@ from click.testing import CliRunner
 
 from tracehouse.embedded import TansuBroker, ensure_topics, free_port
 from tracehouse.processors import Sink
-from tracehouse.query import InvalidOrderByError, InvalidParameterError, SessionSummary, TraceClient, TraceReader
+from tracehouse.query import (
+    InvalidOrderByError,
+    InvalidParameterError,
+    SessionSummary,
+    TraceClient,
+    TraceReader,
+    session_feedback,
+)
 from tracehouse.query._server import create_app
 from tracehouse.query.cli import main
-from tracehouse.schemas import SessionRecord, Topics, encode_envelope
+from tracehouse.schemas import AssessmentEvent, SessionRecord, Topics, TraceEvent, encode_envelope
 from tracehouse.storage import RowBatch, Store, migrate, write_batch
 
 BASE_MS = 1_795_343_520_000
@@ -298,3 +305,34 @@ def test_sink_consumes_sessions_topic(broker: TansuBroker, topics: Topics, serve
 
 def _line(event: Any) -> bytes:
     return msgspec.json.encode(event)
+
+
+def test_feedback_is_counted_on_its_session(served: tuple[Store, str]) -> None:
+    """Feedback on a session's traces and session-level feedback (``session_id``) count on the session;
+    expectations, invalidated feedback and other sessions' feedback do not."""
+    store, url = served
+    traces = [e for e in chat_workload() if isinstance(e, TraceEvent)]
+    mine = [t.trace_id for t in traces if t.metadata.get("mlflow.trace.session") == "session-007"]
+    other = next(t.trace_id for t in traces if t.metadata.get("mlflow.trace.session") == "session-008")
+    n = iter(range(100))
+
+    def fb(trace_id: str, name: str, **kw: Any) -> AssessmentEvent:
+        return AssessmentEvent(assessment_id=f"a-{next(n):032x}", trace_id=trace_id, name=name,
+                               kind=kw.pop("kind", "feedback"), value=kw.pop("value", True),
+                               create_time_ms=BASE_MS, **kw)  # fmt: skip
+
+    batch = RowBatch()
+    for event in (
+        fb(mine[0], "thumbs"), fb(mine[1], "thumbs", value=False), fb(mine[0], "relevance", value=0.8),
+        fb(other, "thumbs", session_id="session-007"),  # session-level, attached elsewhere
+        fb(mine[1], "expected", kind="expectation", value="x"),  # not feedback
+        fb(mine[2] if len(mine) > 2 else mine[0], "thumbs", valid=False),  # overridden
+        fb(other, "thumbs"),  # another session's
+    ):
+        batch.add(event)
+    write_batch(store, batch, token="feedback")
+    want = {"relevance": 1, "thumbs": 3}
+    assert session_feedback(store, "session-007") == want
+    with TraceClient(url) as remote:
+        assert remote.get_session("session-007").feedback == want
+        assert remote.get_session("no-such-session").feedback == {}

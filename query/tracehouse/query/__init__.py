@@ -40,6 +40,7 @@ from ._sessions import (
     SessionSummary,
     get_session,
     list_sessions,
+    session_feedback,
     session_summary,
 )
 from ._span import Span, SpanEvent, SpanStatusCode
@@ -103,6 +104,7 @@ __all__ = [
     "parse_filter",
     "parse_order_by",
     "search_traces",
+    "session_feedback",
     "session_summary",
     "session_timeline",
     "sessions_to_dataframe",

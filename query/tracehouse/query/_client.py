@@ -233,7 +233,8 @@ class _HttpBackend:
         summary = out.get("summary")
         return SessionDetail(session_id=session_id,
                              summary=SessionSummary.from_dict(summary) if summary else None,
-                             timeline=SessionTimeline.from_dict(out["session"]))  # fmt: skip
+                             timeline=SessionTimeline.from_dict(out["session"]),
+                             feedback={str(k): int(v) for k, v in (out.get("feedback") or {}).items()})  # fmt: skip
 
     def close(self) -> None:
         self._http.close()

@@ -208,7 +208,7 @@ def create_app(store: Store, reader: TraceReader | None = None) -> Starlette:
             q.getlist("experiment_id") or None,
         )
         summary = detail.summary.to_dict() if detail.summary is not None else None
-        return json_response({"session": detail.timeline.to_dict(), "summary": summary})
+        return json_response({"session": detail.timeline.to_dict(), "summary": summary, "feedback": detail.feedback})
 
     @_guard
     async def th_sessions(request: Request) -> Response:

@@ -114,24 +114,27 @@ class SessionPage:
 
 @dataclass(frozen=True, slots=True)
 class SessionDetail:
-    """One session: its stored summary (``None`` when the sessionizer has not recorded it) and one page
-    of its turns, read from the traces."""
+    """One session: its stored summary (``None`` when the sessionizer has not recorded it), one page
+    of its turns, read from the traces, and its feedback: valid feedback assessments per name, on its
+    traces or logged for the session (``session_id``)."""
 
     session_id: str
     summary: SessionSummary | None
     timeline: SessionTimeline
+    feedback: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"session_id": self.session_id,
                 "summary": self.summary.to_dict() if self.summary is not None else None,
-                "timeline": self.timeline.to_dict()}  # fmt: skip
+                "timeline": self.timeline.to_dict(), "feedback": dict(self.feedback)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SessionDetail:
         summary = d.get("summary")
         return cls(session_id=d["session_id"],
                    summary=SessionSummary.from_dict(summary) if summary else None,
-                   timeline=SessionTimeline.from_dict(d["timeline"]))  # fmt: skip
+                   timeline=SessionTimeline.from_dict(d["timeline"]),
+                   feedback={str(k): int(v) for k, v in (d.get("feedback") or {}).items()})  # fmt: skip
 
 
 def parse_session_order(order_by: str | Sequence[str] | None) -> list[tuple[str, bool]]:
@@ -261,7 +264,24 @@ def get_session(
     max_results: int = 100,
     experiment_ids: Sequence[str] | None = None,
 ) -> SessionDetail:
-    """The stored summary of ``session_id`` and one page of its turns (:func:`session_timeline`)."""
+    """The stored summary of ``session_id``, one page of its turns (:func:`session_timeline`) and its
+    feedback counts (:func:`session_feedback`)."""
     timeline = session_timeline(store, session_id, experiment_ids, page_token, max_results)
     return SessionDetail(session_id=session_id, summary=session_summary(store, session_id, experiment_ids),
-                         timeline=timeline)  # fmt: skip
+                         timeline=timeline, feedback=session_feedback(store, session_id, experiment_ids))  # fmt: skip
+
+
+def session_feedback(store: Store, session_id: str, experiment_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Valid feedback on ``session_id`` per assessment name: logged on one of its traces, or with the
+    session's id (session-level feedback). Overridden and deleted assessments do not count."""
+    params = Params()
+    sid = params.add(session_id, "String")
+    traces = f"SELECT trace_id FROM traces WHERE session_id = {sid}"
+    if experiment_ids:
+        traces += f" AND experiment_id IN {params.add(sorted(set(experiment_ids)), 'Array(String)')}"
+    rows = store.query(
+        f"SELECT name, count() FROM assessments FINAL WHERE kind = 'feedback' AND valid = 1 "
+        f"AND (session_id = {sid} OR trace_id IN ({traces})) GROUP BY name ORDER BY name",
+        params.values,
+    )
+    return {str(name): int(n) for name, n in rows}

@@ -261,7 +261,8 @@ def session(session_id: str, max_results: int, page_token: str | None, experimen
         render_mapping({"status": s.status + (" (inferred)" if s.inferred else ""), "users": ", ".join(s.user_ids),
                         "turns": s.turns, "error_turns": s.error_turns, "first_ms": s.first_ms, "last_ms": s.last_ms,
                         "duration_ms": s.duration_ms, "avg_turn_ms": round(s.total_duration_ms / s.turns, 1)
-                        if s.turns else 0, "total_tokens": s.total_tokens}, fmt,
+                        if s.turns else 0, "total_tokens": s.total_tokens,
+                        "feedback": ", ".join(f"{k}: {v}" for k, v in detail.feedback.items())}, fmt,
                        title=f"session {session_id}")  # fmt: skip
     render(turns, fmt, title=f"session {session_id}: turns")
     token = data.get("next_page_token")
