@@ -34,7 +34,7 @@ def test_public_api_is_pinned() -> None:
         "ENV_STORE_URI", "ENV_TOPIC_PREFIX", "HEADER_ORIGIN_LINE", "HEADER_ORIGIN_OFFSET",
         "HEADER_ORIGIN_PARTITION", "HEADER_ORIGIN_TOPIC", "HEADER_REASON", "HEADER_TIME", "HEADER_TRUNCATED",
         "LEDGER_TABLE",
-        "Ledger", "Rejection", "Sink", "SinkConfig", "SinkStats", "WHOLE_MESSAGE", "batch_token",
+        "Ledger", "Rejection", "Sink", "SinkConfig", "SinkStats", "WHOLE_MESSAGE", "advance_mark", "batch_token",
         "check_event", "read_dlq", "validate_line",
     ]  # fmt: skip
     for name in processors.__all__:
