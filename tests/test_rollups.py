@@ -549,15 +549,13 @@ def test_sink_applies_each_fact_once_across_re_emissions_and_restarts(
 def test_rollup_batch_written_but_not_committed_is_replayed_exactly(
     broker: TansuBroker, topics: Topics, store: Store, store_uri: str
 ) -> None:
-    """A sink inserted a rollups batch and its marks, then died before committing. The next sink
-    rebuilds the batch without its own marks (so it is not skipped as a replay), with the same token,
-    and ClickHouse drops it: the rollups count every fact once."""
+    """A sink inserted a rollups batch, then died before committing: once before writing the batch's
+    marks (the next sink rebuilds the batch with the same token and ClickHouse drops it), once after
+    (the next sink skips its facts as applied). Either way the rollups count every fact once."""
     messages = [facts(0, range(k * 10, k * 10 + 10)) for k in range(6)]
-    group = f"sink-{uuid.uuid4().hex[:8]}"
 
-    async def main() -> None:
-        await ensure_topics(broker.bootstrap, topics, partitions=1)
-        await publish(broker.bootstrap, topics.user_rollups, [(0, m) for m in messages])
+    async def crash_then_replay(marks_written: bool) -> Sink:
+        group = f"sink-{uuid.uuid4().hex[:8]}"
         crashed = RowBatch()
         for m in messages[:3]:  # offsets 0..2, as a crashed sink built them
             for line in m:
@@ -567,9 +565,8 @@ def test_rollup_batch_written_but_not_committed_is_replayed_exactly(
         ledger = Ledger(store, group)
         ledger.record(topics.user_rollups, 0, 0, 2)
         write_batch(store, crashed, batch_token(group, topics.user_rollups, 0, 0, 2))
-        ledger.record_marks(topics.user_rollups, 0, 0, {0: (29, 1)})
-        assert rollup_totals(store)[0] == 60
-
+        if marks_written:
+            ledger.record_marks(topics.user_rollups, 0, {0: (29, 1)})
         sink = Sink(sink_config(broker, topics, store_uri, group), store)
         task = asyncio.create_task(sink.run())
         try:
@@ -578,7 +575,17 @@ def test_rollup_batch_written_but_not_committed_is_replayed_exactly(
             await sink.stop()
             await task
         assert sink.stats().replayed_batches == 1
-        assert sink.stats().replayed_facts_skipped == 0
+        return sink
+
+    async def main() -> None:
+        await ensure_topics(broker.bootstrap, topics, partitions=1)
+        await publish(broker.bootstrap, topics.user_rollups, [(0, m) for m in messages])
+        before = await crash_then_replay(marks_written=False)
+        assert before.stats().replayed_facts_skipped == 0  # rebuilt, same token: dropped by ClickHouse
+        assert rollup_totals(store) == expected_totals([line for m in messages for line in m])
+        store.command("TRUNCATE TABLE user_rollups_daily")
+        after = await crash_then_replay(marks_written=True)
+        assert after.stats().replayed_facts_skipped == 60  # its facts are stored: skipped
+        assert rollup_totals(store) == expected_totals([line for m in messages for line in m])
 
     asyncio.run(main())
-    assert rollup_totals(store) == expected_totals([line for m in messages for line in m])

@@ -185,3 +185,33 @@ def test_replay_after_a_crash_re_emits_identical_facts_applied_once(
             applied.append((target, x))
     assert sorted(applied) == sorted(want)
     assert len({orjson.loads(x)["trace_id"] for _, x in applied}) == len(applied)
+
+
+def test_one_bad_trace_neither_crashes_nor_poisons_the_worker(tmp_path: Path) -> None:
+    """Lines the sink would dead-letter are skipped; absurd token counts are capped so the state still
+    encodes; a trace far in the future does not move the watermark; over-long ids are not identities."""
+    w = worker(tmp_path)
+    huge = '{"input_tokens": 9223372036854775807, "output_tokens": 9223372036854775807}'
+
+    def raw(**fields: object) -> bytes:
+        base: dict[str, object] = {"type": "trace", "trace_id": f"tr-{1:032x}", "timestamp_ms": T0,
+                                   "execution_time_ms": 10, "state": "OK", "metadata": {}}  # fmt: skip
+        return orjson.dumps(base | fields)
+
+    w.fold(0, [
+        raw(timestamp_ms=2**64 - 1),  # beyond Int64 nanoseconds: the sink dead-letters it
+        raw(trace_id="not-a-trace-id"),
+        raw(trace_id=f"tr-{2:032x}", metadata={"mlflow.trace.session": "s", "mlflow.trace.tokenUsage": huge}),
+        raw(trace_id=f"tr-{3:032x}", metadata={"mlflow.trace.session": "s", "mlflow.trace.tokenUsage": huge}),
+        raw(trace_id=f"tr-{4:032x}", timestamp_ms=T0 + 200 * 365 * 86_400_000, metadata={"mlflow.trace.session": "f"}),
+        raw(trace_id=f"tr-{5:032x}", metadata={"mlflow.trace.session": "s", "mlflow.trace.user": "u" * 300}),
+    ], offset=0)  # fmt: skip
+    assert w.stats.undecodable == 2
+    part = w._parts[0]
+    assert part.watermark_ms == T0  # the trace 200 years ahead did not advance it
+    batches = w._snapshot()  # encodes every state: must not raise
+    records = {orjson.loads(r)["session_id"]: orjson.loads(r) for b in batches for r in b.records}
+    assert records["s"]["total_tokens"] == 2**64 - 1
+    assert records["s"].get("user_ids", []) == []
+    assert records["s"].get("status", "open") == "open"  # (defaults are omitted on the wire)
+    assert not [f for b in batches for lines in b.facts.values() for f in lines]  # no user: no facts

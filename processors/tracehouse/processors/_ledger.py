@@ -20,9 +20,7 @@ from tracehouse.storage import Store
 LEDGER_TABLE = "_sink_batches"
 MARKS_TABLE = "_rollup_marks"
 _COLUMNS = ("consumer_group", "topic", "partition", "first_offset", "last_offset")
-_MARK_COLUMNS = (
-    "consumer_group", "topic", "partition", "batch_first_offset", "src_partition", "src_offset", "src_line",
-)  # fmt: skip
+_MARK_COLUMNS = ("consumer_group", "topic", "partition", "src_partition", "src_offset", "src_line")
 
 
 class Ledger:
@@ -57,20 +55,22 @@ class Ledger:
         )
         return [(int(a), int(b)) for a, b in out]
 
-    def record_marks(self, topic: str, partition: int, first_offset: int, marks: dict[int, tuple[int, int]]) -> None:
+    def record_marks(self, topic: str, partition: int, marks: dict[int, tuple[int, int]]) -> None:
         """Write the highest source position (``traces.v1`` partition -> (offset, line)) whose
-        ``user_trace`` facts the batch starting at ``first_offset`` applied. Idempotent."""
-        rows = [(self.group, topic, partition, first_offset, p, o, i) for p, (o, i) in sorted(marks.items())]
+        ``user_trace`` facts are now stored for this partition. Call it after the batch's rows are
+        inserted: a mark must never pass rows that are not stored. Idempotent."""
+        rows = [(self.group, topic, partition, p, o, i) for p, (o, i) in sorted(marks.items())]
         self.store.insert(MARKS_TABLE, rows, _MARK_COLUMNS)
 
-    def load_marks(self, topic: str, partition: int, first_offset: int) -> dict[int, tuple[int, int]]:
-        """The highest source positions applied by every batch of this partition except the one
-        starting at ``first_offset``: that batch is about to be rebuilt (possibly a replay of an
-        attempt that was written but not committed), so its own marks must not filter its facts."""
+    def load_marks(self, topic: str, partition: int) -> dict[int, tuple[int, int]]:
+        """The highest source positions applied to this partition, per source partition. A batch
+        replayed after a crash between its insert and its commit finds its own marks when they were
+        written (its facts are then skipped: their rows are stored) or not (it is rebuilt with the
+        same token, and ClickHouse drops what was stored)."""
         rows = self.store.query(
             f"SELECT src_partition, max((src_offset, src_line)) FROM {MARKS_TABLE} "
             "WHERE consumer_group = {g:String} AND topic = {t:String} AND partition = {p:UInt32} "
-            "AND batch_first_offset != {f:Int64} GROUP BY src_partition",
-            {"g": self.group, "t": topic, "p": partition, "f": first_offset},
+            "GROUP BY src_partition",
+            {"g": self.group, "t": topic, "p": partition},
         )
         return {int(p): (int(pos[0]), int(pos[1])) for p, pos in rows}

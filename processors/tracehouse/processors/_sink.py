@@ -518,7 +518,7 @@ class Sink:
 
         def lookup() -> tuple[int | None, dict[int, tuple[int, int]] | None]:
             bound = ledger.replay_bound(topic, partition, offset)
-            return bound, ledger.load_marks(topic, partition, offset) if rollups else None
+            return bound, ledger.load_marks(topic, partition) if rollups else None
 
         try:
             bound, marks = await asyncio.to_thread(lookup)
@@ -626,7 +626,7 @@ class Sink:
             batch.rows_written = write_batch(self._store, batch.rows, batch.token(self.config.group_id))
             batch.written = True
         if batch.marks and not batch.marked:
-            self._ledger.record_marks(batch.topic, batch.partition, batch.first_offset, batch.marks)
+            self._ledger.record_marks(batch.topic, batch.partition, batch.marks)
             batch.marked = True
 
     async def _flush(self, part: _PartitionState, next_offset: int | None) -> bool:

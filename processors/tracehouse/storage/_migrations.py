@@ -245,20 +245,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             FROM user_trace_facts
             GROUP BY experiment_id, user_id, day
             """,
-            # The highest (offset, line) of each traces.v1 partition whose facts a sink batch of
-            # user-rollups.v1 applied. Facts at or below it are replays and are skipped.
+            # The highest (offset, line) of each traces.v1 partition whose facts the sink applied to a
+            # user-rollups.v1 partition; facts at or below it are replays and are skipped. Written after
+            # each batch's rows, so a mark never passes rows that are not stored. One row per source
+            # partition once merged (the highest mark wins); reads take max() so unmerged rows are fine.
             """
             CREATE TABLE IF NOT EXISTS _rollup_marks (
                 consumer_group String,
                 topic String,
                 partition UInt32,
-                batch_first_offset Int64,
                 src_partition UInt32,
                 src_offset Int64,
                 src_line UInt32,
+                mark UInt64 MATERIALIZED toUInt64(src_offset) * 1000000 + src_line,
                 created_at DateTime64(3) DEFAULT now64(3)
-            ) ENGINE = ReplacingMergeTree
-            ORDER BY (consumer_group, topic, partition, src_partition, batch_first_offset)
+            ) ENGINE = ReplacingMergeTree(mark)
+            ORDER BY (consumer_group, topic, partition, src_partition)
             """,
         ),
     ),

@@ -51,6 +51,9 @@ class SessionizerConfig:
     #: Give a trace with a user but no session id an inferred session (``inferred:<user>:<first ms>``):
     #: the user's traces closer than ``inactivity_gap_ms`` to each other form one session.
     infer_sessions: bool = False
+    #: Trace times further than this ahead of the wall clock do not advance the watermark (a producer
+    #: sending microseconds, or a wrong clock, must not close every session).
+    max_clock_skew_ms: int = 24 * 3_600_000
     #: Forget closed sessions this long (event time) after their last turn; ``None`` keeps them.
     #: A duplicate or late turn arriving after that is counted as new (see docs/design/sessions.md).
     state_retention_ms: int | None = None

@@ -3,12 +3,12 @@ that only spans carry)."""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 import orjson
 
-from tracehouse.schemas import SPAN_TOKEN_USAGE, TRACE_TOKEN_USAGE, resolve_identity
+from tracehouse.schemas import SPAN_TOKEN_USAGE, TRACE_ID_PATTERN, TRACE_TOKEN_USAGE, resolve_identity
 
 
 class TraceFacts(msgspec.Struct, frozen=True):
@@ -28,14 +28,20 @@ class TraceFacts(msgspec.Struct, frozen=True):
     total_tokens: int = 0
 
 
+#: The bounds the sink validates (``TraceEvent``; times must fit ``Int64`` nanoseconds): a line outside
+#: them is dead-lettered by the sink and must not reach sessions, rollups or the watermark either.
+_MAX_MS: Final = (2**63 - 1) // 1_000_000
+_Millis = Annotated[int, msgspec.Meta(ge=0, le=_MAX_MS)]
+
+
 class _TraceHeader(msgspec.Struct):
     """A trace event decoded without its spans (msgspec skips fields a Struct does not declare)."""
 
-    trace_id: str
-    timestamp_ms: int
-    execution_time_ms: int
+    trace_id: Annotated[str, msgspec.Meta(pattern=TRACE_ID_PATTERN)]
+    timestamp_ms: _Millis
+    execution_time_ms: _Millis
     state: str
-    experiment_id: str = "0"
+    experiment_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "0"
     request_preview: str = ""
     response_preview: str = ""
     metadata: dict[str, str] = {}
@@ -55,6 +61,8 @@ _header_decoder: Final = msgspec.json.Decoder(_TraceHeader)
 _spans_decoder: Final = msgspec.json.Decoder(_SpanUsages)
 _SPAN_USAGE_BYTES: Final = SPAN_TOKEN_USAGE.encode()
 _U64_MAX: Final = 2**64 - 1
+#: Longest user or session id the stateful processors use (the ``session`` / ``user_trace`` contracts).
+MAX_ID_LENGTH: Final = 250
 _TOKEN_KEYS: Final = ("input_tokens", "output_tokens", "total_tokens")
 
 
@@ -101,6 +109,10 @@ def facts_from_line(line: bytes) -> TraceFacts | None:
         root = next((sp for sp in _spans_decoder.decode(line).spans if sp.parent_span_id is None), None)
         if root is not None and root.attributes:
             user, session = resolve_identity(header.metadata, root.attributes)
+    if user is not None and len(user) > MAX_ID_LENGTH:
+        user = None  # beyond what a fact or a session record may carry: treated as absent
+    if session is not None and len(session) > MAX_ID_LENGTH:
+        session = None
     i, o, t = _tokens(header.metadata, line)
     return TraceFacts(
         trace_id=header.trace_id, timestamp_ms=header.timestamp_ms, execution_time_ms=header.execution_time_ms,

@@ -23,6 +23,7 @@ from tracehouse.schemas import SessionRecord
 from ._facts import TraceFacts
 
 SessionStatus = Literal["open", "closed"]
+_U64_MAX = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ def apply(state: SessionState, facts: TraceFacts) -> bool:
     state.trace_ids.add(facts.trace_id)
     key = (facts.timestamp_ms, facts.trace_id)
     state.turns += 1
-    state.total_duration_ms += facts.execution_time_ms
+    state.total_duration_ms = min(state.total_duration_ms + facts.execution_time_ms, _U64_MAX)
     state.error_turns += facts.error
     state.first_ms = min(state.first_ms, facts.timestamp_ms)
     state.last_ms = max(state.last_ms, facts.timestamp_ms)
@@ -125,9 +126,9 @@ def apply(state: SessionState, facts: TraceFacts) -> bool:
         state.first_key, state.first_request_preview = key, facts.request_preview
     if state.turns == 1 or key >= state.last_key:
         state.last_key, state.last_response_preview = key, facts.response_preview
-    state.input_tokens += facts.input_tokens
-    state.output_tokens += facts.output_tokens
-    state.total_tokens += facts.total_tokens
+    state.input_tokens = min(state.input_tokens + facts.input_tokens, _U64_MAX)  # records are UInt64
+    state.output_tokens = min(state.output_tokens + facts.output_tokens, _U64_MAX)
+    state.total_tokens = min(state.total_tokens + facts.total_tokens, _U64_MAX)
     state.status = "open"
     state.version += 1
     return True
@@ -177,5 +178,9 @@ def loose_key(user_id: str, day: int) -> str:
 
 
 def inferred_session_id(user_id: str, start_ms: int) -> str:
-    """The id of an inferred session: its user and the time of its first turn."""
-    return f"inferred:{user_id}:{start_ms}"
+    """The id of an inferred session: its user and the time of its first turn (the user's BLAKE2b
+    hash instead when the id would exceed the 250 characters a session id may have)."""
+    sid = f"inferred:{user_id}:{start_ms}"
+    if len(sid) <= 250:
+        return sid
+    return f"inferred:{hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()}:{start_ms}"

@@ -33,6 +33,7 @@ faust is imported lazily: importing this module has no side effects.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import logging
 import re
@@ -55,7 +56,7 @@ from tracehouse.schemas import (
 from ._config import SessionizerConfig
 from ._facts import TraceFacts, facts_from_line
 from ._rollup import day_of
-from ._session import SessionState, apply, close, close_due, inferred_session_id, loose_key, new_session
+from ._session import SessionState, apply, close, close_due, inferred_session_id, loose_key, new_session, seal
 
 if TYPE_CHECKING:
     import faust
@@ -79,6 +80,31 @@ def state_key(partition: int, session_id: str) -> bytes:
 def watermark_key(partition: int) -> bytes:
     """Changelog key of a partition's watermark; also the sentinel written after every flush."""
     return b"%d\x00" % partition
+
+
+def parse_watermark(raw: bytes) -> tuple[int, int]:
+    """``b"<watermark ms>:<folded offset>"`` (older values: the watermark alone)."""
+    wm, _, offset = raw.partition(b":")
+    return int(wm), int(offset) if offset else -1
+
+
+#: Largest envelope the sessionizer sends (Kafka's default ``max.message.bytes`` is 1 MiB).
+MAX_ENVELOPE_BYTES: Final = 900_000
+
+
+def chunks(lines: list[bytes], max_lines: int, max_bytes: int = MAX_ENVELOPE_BYTES) -> Iterable[list[bytes]]:
+    """Split ``lines`` into envelopes of at most ``max_lines`` lines and about ``max_bytes`` bytes
+    (a single larger line goes alone)."""
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if chunk and (len(chunk) >= max_lines or size + len(line) + 1 > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line) + 1
+    if chunk:
+        yield chunk
 
 
 def encode_state(state: SessionState) -> bytes:
@@ -133,8 +159,12 @@ class _Partition:
     watermark_ms: int = 0
     #: Watermark at the last full scan for sessions due to close.
     scanned_ms: int = -1
-    #: First offset folded since the state was loaded (restored sessions count as touched there).
-    base_offset: int = 0
+    #: Highest source offset folded (saved with the watermark), and the one restored from the changelog:
+    #: a restored session may have been touched up to there, so eviction waits for the commit to pass it.
+    folded_offset: int = -1
+    restored_offset: int = -1
+    #: ``(watermark, folded offset)`` as last written to the changelog.
+    saved_watermark: tuple[int, int] = (0, -1)
 
 
 @dataclass(slots=True)
@@ -147,6 +177,7 @@ class _Batch:
     records: list[bytes]
     facts: dict[int, list[bytes]]
     watermark_ms: int
+    folded_offset: int
 
 
 class Sessionizer:
@@ -189,7 +220,7 @@ class Sessionizer:
             producer_linger_ms=5,
             producer_max_batch_size=1 << 20,
             producer_max_request_size=16 << 20,
-            producer_acks=1,
+            producer_acks=-1,  # all in-sync replicas: an acked fact must survive a leader failover
             processing_guarantee="at_least_once",
             key_serializer="raw",
             value_serializer="raw",
@@ -211,13 +242,14 @@ class Sessionizer:
         part = self._parts.get(partition)
         if part is not None:
             return part
-        part = self._parts[partition] = _Partition(base_offset=offset)
+        part = self._parts[partition] = _Partition()
         prefix = watermark_key(partition)
         for key, raw in self.table.data.items():
             if not key.startswith(prefix) or raw is None:
                 continue
             if key == prefix:
-                part.watermark_ms = int(raw)
+                part.watermark_ms, part.restored_offset = parse_watermark(raw)
+                part.saved_watermark = (part.watermark_ms, part.restored_offset)
                 continue
             state = decode_state(raw)
             sid = state.session_id
@@ -230,8 +262,9 @@ class Sessionizer:
                 part.inferred.setdefault(min(state.user_ids), []).append(sid)
         heapq.heapify(part.closed)
         for ids in part.inferred.values():
-            ids.sort(key=lambda sid: part.sessions[sid].first_ms)
+            ids.sort(key=lambda sid: (part.sessions[sid].first_ms, sid))
         part.scanned_ms = part.watermark_ms
+        part.folded_offset = max(part.restored_offset, offset - 1)
         if part.sessions:
             log.info("partition %d: restored %d sessions", partition, len(part.sessions))
         else:
@@ -242,6 +275,9 @@ class Sessionizer:
         """Fold the lines of the envelope at ``offset`` of ``partition`` (no await: atomic w.r.t. flushes)."""
         part = self._partition(partition, offset)
         stats = self.stats
+        if offset > part.folded_offset:
+            part.folded_offset = offset
+        horizon = int(time.time() * 1000) + self.config.max_clock_skew_ms
         for index, line in enumerate(lines):
             try:
                 facts = facts_from_line(line)
@@ -251,7 +287,7 @@ class Sessionizer:
             if facts is None:
                 continue
             stats.traces += 1
-            if facts.timestamp_ms > part.watermark_ms:
+            if part.watermark_ms < facts.timestamp_ms <= horizon:  # a clock far ahead must not close everything
                 part.watermark_ms = facts.timestamp_ms
             self._fold_one(part, facts, partition, offset, index)
 
@@ -272,7 +308,9 @@ class Sessionizer:
             state = part.sessions[sid] = new_session(facts, sid, inferred=inferred)
             state.hidden = hidden
             if inferred and user:
-                part.inferred.setdefault(user, []).append(sid)
+                ids = part.inferred.setdefault(user, [])
+                bisect.insort(ids, sid, key=lambda x: (part.sessions[x].first_ms, x))
+        part.touched_at[sid] = offset  # duplicates too: eviction waits until the replay is past them
         if not apply(state, facts):
             return
         self.stats.new_traces += 1
@@ -280,7 +318,6 @@ class Sessionizer:
             self.stats.inferred += 1
         part.dirty.add(sid)
         part.open.add(sid)
-        part.touched_at[sid] = offset
         if user and self.config.emit_rollups and _valid_fact(facts, user):
             fact = UserTraceFact(
                 user_id=user, trace_id=facts.trace_id, timestamp_ms=facts.timestamp_ms,
@@ -370,7 +407,9 @@ class Sessionizer:
             if state is None or state.status != "closed" or state.last_end_ms != last_end:
                 heapq.heappop(part.closed)  # stale: evicted or reopened since
                 continue
-            if sid in part.dirty or part.touched_at.get(sid, part.base_offset) >= committed:
+            # restored sessions may have been touched up to the restored offset
+            touched = max(part.touched_at.get(sid, -1), part.restored_offset)
+            if sid in part.dirty or touched >= committed:
                 break
             heapq.heappop(part.closed)
             del part.sessions[sid]
@@ -400,18 +439,21 @@ class Sessionizer:
             self._close_due(part)
             evicted = self._evict(p, part)
             facts, part.outbox = part.outbox, {}
-            if not part.dirty and not facts and not evicted:
+            mark = (part.watermark_ms, part.folded_offset)
+            if not part.dirty and not facts and not evicted and mark == part.saved_watermark:
                 continue
+            part.saved_watermark = mark
             changelog: list[tuple[bytes, bytes | None]] = []
             records = []
             for sid in part.dirty:
                 state = part.sessions[sid]
+                seal(state)  # 8 bytes a trace id in the changelog, however long the session
                 changelog.append((state_key(p, sid), encode_state(state)))
                 if not state.hidden:
                     records.append(encode_event(state.to_record()))
             changelog.extend((state_key(p, sid), None) for sid in evicted)
             part.dirty.clear()
-            batches.append(_Batch(p, self._generation.get(p, 0), changelog, records, facts, part.watermark_ms))
+            batches.append(_Batch(p, self._generation.get(p, 0), changelog, records, facts, *mark))
         return batches
 
     def _owned(self, batch: _Batch) -> bool:
@@ -431,48 +473,44 @@ class Sessionizer:
         producer = self.app.producer
         step = self.config.max_records_per_envelope
         if batches:
+            # Every send's future is awaited before the input is acked: a refused or timed-out send
+            # raises here, nothing is acked, and the timer stops the worker (see _on_timer).
             sent: list[Any] = []
             for batch in batches:  # 1. facts, durable before the state that counts their traces
                 for target, lines in sorted(batch.facts.items()):
-                    for i in range(0, len(lines), step):
+                    for chunk in chunks(lines, step):
                         if not self._owned(batch):
                             break
-                        chunk = lines[i : i + step]
-                        sent.append(
-                            await producer.send(
-                                self._rollups_topic, None, encode_envelope(chunk), target, None,
-                                envelope_headers(len(chunk)),
-                            )
-                        )  # fmt: skip
+                        sent.append(await producer.send(self._rollups_topic, None, encode_envelope(chunk), target,
+                                                        None, envelope_headers(len(chunk))))  # fmt: skip
                         self.stats.facts_emitted += len(chunk)
-            if sent:
-                await asyncio.gather(*sent)  # raises if the broker refused one: nothing is acked then
+            await asyncio.gather(*sent)
+            sent = []
             changelog_topic = self.table.changelog_topic.get_topic_name()
             for batch in batches:  # 2. state
-                if not self._owned(batch):
-                    continue
                 for key, value in batch.changelog:
+                    if not self._owned(batch):
+                        break
                     if value is None:
                         self.table.data.pop(key, None)
                     else:
                         self.table.data[key] = value
-                    await producer.send(changelog_topic, key, value, batch.partition, None, None)
-            await producer.flush()
+                    sent.append(await producer.send(changelog_topic, key, value, batch.partition, None, None))
+            await asyncio.gather(*sent)
+            sent = []
             for batch in batches:  # each alone in its batch: see the module docstring
                 if self._owned(batch):
-                    key, wm = watermark_key(batch.partition), str(batch.watermark_ms).encode()
+                    key, wm = watermark_key(batch.partition), b"%d:%d" % (batch.watermark_ms, batch.folded_offset)
                     self.table.data[key] = wm
-                    await producer.send(changelog_topic, key, wm, batch.partition, None, None)
+                    sent.append(await producer.send(changelog_topic, key, wm, batch.partition, None, None))
             for batch in batches:  # 3. session records
-                for i in range(0, len(batch.records), step):
+                for chunk in chunks(batch.records, step):
                     if not self._owned(batch):
                         break
-                    chunk = batch.records[i : i + step]
-                    await producer.send(
-                        self._sessions_topic, None, encode_envelope(chunk), batch.partition, None,
-                        envelope_headers(len(chunk)),
-                    )  # fmt: skip
+                    sent.append(await producer.send(self._sessions_topic, None, encode_envelope(chunk), batch.partition,
+                                                    None, envelope_headers(len(chunk))))  # fmt: skip
                     self.stats.records_emitted += len(chunk)
+            await asyncio.gather(*sent)
         for event in pending:  # not the events of partitions revoked meanwhile: their next owner replays them
             p = event.message.partition
             if self._generation.get(p, 0) == generations.get(p, 0):
