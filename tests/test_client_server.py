@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
+from _serve import serving
 from _workload import chat_workload
 
 from tracehouse.embedded import free_port
 from tracehouse.query import RemoteError, TraceClient
-from tracehouse.query._server import create_app
 from tracehouse.schemas import TraceEvent
 from tracehouse.storage import RowBatch, Store, write_batch
 
@@ -38,20 +35,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, st
     for e in events:
         batch.add(e)
     write_batch(store, batch, token="client-server")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
-        yield store, f"http://127.0.0.1:{port}", [e for e in events if isinstance(e, TraceEvent)]
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        store.close()
+    with serving(store) as url:
+        try:
+            yield store, url, [e for e in events if isinstance(e, TraceEvent)]
+        finally:
+            store.close()
 
 
 @pytest.mark.parametrize("filter_string", FILTERS)

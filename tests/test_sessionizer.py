@@ -257,8 +257,8 @@ def test_late_turn_reopens_a_closed_session(broker: TansuBroker, topics: Topics,
 
     async def scenario() -> None:
         await ensure_topics(broker.bootstrap, topics, partitions=PARTITIONS)
-        first = [encode_event(trace("tr-late-1", BASE_MS, 100, late, "u1", turn=0))]
-        second = [encode_event(trace("tr-other-1", BASE_MS + GAP_MS + 60_000, 100, other, "u2"))]
+        first = [encode_event(trace("tr-" + "a" * 31 + "1", BASE_MS, 100, late, "u1", turn=0))]
+        second = [encode_event(trace("tr-" + "b" * 31 + "1", BASE_MS + GAP_MS + 60_000, 100, other, "u2"))]
         await publish(broker.bootstrap, topics.traces, [(p, first), (p, second)])
 
         async def body(worker: Sessionizer) -> None:
@@ -268,14 +268,15 @@ def test_late_turn_reopens_a_closed_session(broker: TansuBroker, topics: Topics,
                 )
                 closed = reader.latest[late]
                 assert closed.turns == 1
-                third = [encode_event(trace("tr-late-2", BASE_MS + GAP_MS + 120_000, 50, late, "u3", turn=1))]
+                late_2 = "tr-" + "a" * 31 + "2"
+                third = [encode_event(trace(late_2, BASE_MS + GAP_MS + 120_000, 50, late, "u3", turn=1))]
                 await publish(broker.bootstrap, topics.traces, [(p, third)])
                 await reader.until(lambda: reader.latest[late].turns == 2, 30, "reopen")
                 reopened = reader.latest[late]
                 assert reopened.status == "open"
                 assert reopened.version > closed.version
                 assert reopened.user_ids == ["u1", "u3"]
-                assert reopened.last_response_preview == "answer 1 (tr-late-2)"
+                assert reopened.last_response_preview == f"answer 1 (tr-{'a' * 31}2)"
                 assert reader.latest[other].status == "open"
 
         await with_sessionizer(config, body)

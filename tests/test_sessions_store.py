@@ -7,19 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import uvicorn
+from _serve import serving
 from _workload import chat_workload
 from click.testing import CliRunner
 
-from tracehouse.embedded import TansuBroker, ensure_topics, free_port
+from tracehouse.embedded import TansuBroker, ensure_topics
 from tracehouse.processors import Sink
 from tracehouse.query import (
     InvalidOrderByError,
@@ -29,7 +27,6 @@ from tracehouse.query import (
     TraceReader,
     session_feedback,
 )
-from tracehouse.query._server import create_app
 from tracehouse.query.cli import main
 from tracehouse.schemas import AssessmentEvent, SessionRecord, Topics, TraceEvent, encode_envelope
 from tracehouse.storage import RowBatch, Store, migrate, write_batch
@@ -126,20 +123,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, st
             batch.add(r)
         write_batch(store, batch, token=f"sessions-{n}")
         write_batch(store, batch, token=f"sessions-{n}")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
-        yield store, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        store.close()
+    with serving(store) as url:
+        try:
+            yield store, url
+        finally:
+            store.close()
 
 
 def test_rows_and_newest_version_wins(served: tuple[Store, str]) -> None:

@@ -7,16 +7,13 @@ from __future__ import annotations
 import datetime
 import json
 import random
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
+from _serve import serving
 from click.testing import CliRunner
 
-from tracehouse.embedded import free_port
 from tracehouse.processors.sessions import quantile
 from tracehouse.query import (
     USER_DATAFRAME_COLUMNS,
@@ -29,7 +26,6 @@ from tracehouse.query import (
     list_users,
     user_summary,
 )
-from tracehouse.query._server import create_app
 from tracehouse.query.cli import main
 from tracehouse.schemas import TraceEvent, UserTraceFact
 from tracehouse.storage import RowBatch, Store, migrate, write_batch
@@ -104,20 +100,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, st
                 metadata={**meta, "mlflow.trace.tokenUsage": usage},
             ))  # fmt: skip
     write_batch(store, traces, token="traces")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
-        yield store, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        store.close()
+    with serving(store) as url:
+        try:
+            yield store, url
+        finally:
+            store.close()
 
 
 @pytest.mark.parametrize("order", ["interactions DESC", "p95_response_time_ms", "error_rate DESC", "last_seen_ms"])

@@ -16,7 +16,8 @@ from typing import Any, Final, Literal
 from tracehouse.storage import Store
 
 from ._analysis import SessionTimeline, session_timeline
-from ._errors import InvalidOrderByError, InvalidParameterError
+from ._errors import InvalidParameterError
+from ._listing import keyset_after, millis, parse_order
 from ._paging import decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 
@@ -139,46 +140,7 @@ class SessionDetail:
 
 def parse_session_order(order_by: str | Sequence[str] | None) -> list[tuple[str, bool]]:
     """``["turns DESC", "first_ms"]`` → ``[("turns", True), ("first_ms", False)]`` (descending flag)."""
-    clauses = [order_by] if isinstance(order_by, str) else list(order_by or [])
-    if not clauses:
-        clauses = [DEFAULT_SESSION_ORDER]
-    out: list[tuple[str, bool]] = []
-    for clause in clauses:
-        parts = str(clause).split()
-        if not parts or len(parts) > 2:
-            raise InvalidOrderByError(f"Invalid order_by clause {clause!r}: expected '<key> [ASC|DESC]'",
-                                      token=str(clause))  # fmt: skip
-        key = parts[0]
-        if key not in SESSION_ORDER_KEYS:
-            raise InvalidOrderByError(
-                f"Invalid order_by key {key!r} for sessions; use one of {', '.join(SESSION_ORDER_KEYS)}", token=key
-            )
-        direction = parts[1].upper() if len(parts) == 2 else "ASC"
-        if direction not in ("ASC", "DESC"):
-            raise InvalidOrderByError(f"Invalid order_by direction {parts[1]!r}: use ASC or DESC", token=parts[1])
-        if any(k == key for k, _ in out):
-            raise InvalidOrderByError(f"order_by key {key!r} is given twice", token=key)
-        out.append((key, direction == "DESC"))
-    return out
-
-
-def _keyset(columns: Sequence[tuple[str, bool, str]], key: Sequence[Any], params: Params) -> str:
-    """Rows strictly after ``key`` in the lexicographic order of ``columns`` (expr, descending, type)."""
-    ors: list[str] = []
-    for i, (expr, desc, ch_type) in enumerate(columns):
-        ands = [f"{c} = {params.add(v, t)}" for (c, _, t), v in zip(columns[:i], key[:i], strict=True)]
-        ands.append(f"{expr} {'<' if desc else '>'} {params.add(key[i], ch_type)}")
-        ors.append("(" + " AND ".join(ands) + ")")
-    return "(" + " OR ".join(ors) + ")"
-
-
-def _ms(name: str, value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameterError(f"Invalid value {value!r} for parameter '{name}': it must be an integer "
-                                    "(milliseconds since the epoch)")  # fmt: skip
-    return value
+    return parse_order(order_by, SESSION_ORDER_KEYS, DEFAULT_SESSION_ORDER, "sessions")
 
 
 def list_sessions(
@@ -203,7 +165,7 @@ def list_sessions(
     limit = page_size(max_results)
     if status is not None and status not in SESSION_STATUSES:
         raise InvalidParameterError(f"Invalid value {status!r} for parameter 'status': use 'open' or 'closed'")
-    since, until = _ms("since", since), _ms("until", until)
+    since, until = millis("since", since), millis("until", until)
     keys = parse_session_order(order_by)
     experiments = sorted(set(experiment_ids)) if experiment_ids else None
     search = fingerprint("sessions", user_id, experiments, status, since, until, keys)
@@ -225,7 +187,7 @@ def list_sessions(
     columns += [("experiment_id", False, "String"), ("session_id", False, "String")]
     if page_token:
         body = decode_page_token(page_token, search, [int] * len(keys) + [str, str])
-        where.append(_keyset(columns, body["k"], params))
+        where.append(keyset_after(columns, body["k"], params))
     order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d, _ in columns)
     key_select = ", ".join(f"toInt64({c})" if t == "Int64" else c for c, _, t in columns)
     rows = store.query(

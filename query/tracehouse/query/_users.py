@@ -23,7 +23,8 @@ from typing import Any, Final, Literal
 from tracehouse.storage import Store
 
 from ._analysis import UserSummary, user_summary_from_traces
-from ._errors import InvalidOrderByError, InvalidParameterError
+from ._errors import InvalidParameterError
+from ._listing import keyset_after, millis, parse_order
 from ._paging import decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 
@@ -161,48 +162,21 @@ class UserDetail:
 
 
 def parse_user_order(order_by: str | Sequence[str] | None) -> list[tuple[str, bool]]:
-    """``["error_rate DESC", "user_id"]``-style clauses → ``[(key, descending)]``."""
+    """``["error_rate DESC", "interactions"]``-style clauses → ``[(key, descending)]``; ``user_id`` is
+    always the last key (the tie-break), ascending unless given as ``user_id DESC``."""
     clauses = [order_by] if isinstance(order_by, str) else list(order_by or [])
-    if not clauses:
-        clauses = [DEFAULT_USER_ORDER]
-    out: list[tuple[str, bool]] = []
-    for clause in clauses:
-        parts = str(clause).split()
-        if not parts or len(parts) > 2:
-            raise InvalidOrderByError(f"Invalid order_by clause {clause!r}: expected '<key> [ASC|DESC]'",
-                                      token=str(clause))  # fmt: skip
-        key = parts[0]
-        if key == "user_id":
-            continue  # always the final tie-break
-        if key not in USER_ORDER_KEYS:
-            raise InvalidOrderByError(
-                f"Invalid order_by key {key!r} for users; use one of {', '.join(USER_ORDER_KEYS)}", token=key
-            )
-        direction = parts[1].upper() if len(parts) == 2 else "ASC"
-        if direction not in ("ASC", "DESC"):
-            raise InvalidOrderByError(f"Invalid order_by direction {parts[1]!r}: use ASC or DESC", token=parts[1])
-        if any(k == key for k, _ in out):
-            raise InvalidOrderByError(f"order_by key {key!r} is given twice", token=key)
-        out.append((key, direction == "DESC"))
-    user_desc = any(str(c).split()[0] == "user_id" and str(c).upper().endswith("DESC") for c in clauses)
-    out.append(("user_id", user_desc))
-    return out
-
-
-def _ms(name: str, value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameterError(f"Invalid value {value!r} for parameter '{name}': it must be an integer "
-                                    "(milliseconds since the epoch)")  # fmt: skip
-    return value
+    user = [c for c in clauses if str(c).split()[:1] == ["user_id"]]
+    rest = [c for c in clauses if c not in user]
+    keys = parse_order(rest or None, USER_ORDER_KEYS, DEFAULT_USER_ORDER, "users") if rest or not user else []
+    user_desc = bool(user) and parse_order(user, ("user_id",), "user_id", "users")[0][1]
+    return [*keys, ("user_id", user_desc)]
 
 
 def _where(params: Params, experiment_ids: Sequence[str] | None, since: int | None, until: int | None) -> list[str]:
     where: list[str] = []
     if experiment_ids:
         where.append(f"experiment_id IN {params.add(sorted(set(experiment_ids)), 'Array(String)')}")
-    since, until = _ms("since", since), _ms("until", until)
+    since, until = millis("since", since), millis("until", until)
     if since is not None:
         where.append(f"day >= toDate32({params.add(since // DAY_MS, 'Int64')})")
     if until is not None:
@@ -235,12 +209,7 @@ def list_users(
     if page_token:
         types: list[type] = [float if t == "Float64" else str if t == "String" else int for _, _, t in columns]
         body = decode_page_token(page_token, search, types)
-        ors: list[str] = []
-        for i, (expr, desc, ch_type) in enumerate(columns):
-            ands = [f"{c} = {params.add(v, t)}" for (c, _, t), v in zip(columns[:i], body["k"][:i], strict=True)]
-            ands.append(f"{expr} {'<' if desc else '>'} {params.add(body['k'][i], ch_type)}")
-            ors.append("(" + " AND ".join(ands) + ")")
-        having = "HAVING " + " OR ".join(ors)
+        having = "HAVING " + keyset_after(columns, body["k"], params)
     order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d, _ in columns)
     rows = store.query(
         f"SELECT user_id, {_MERGED} FROM user_rollups_daily WHERE {' AND '.join(where) or '1'} "

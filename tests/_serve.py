@@ -1,0 +1,32 @@
+"""Serve a store's HTTP API from a uvicorn thread for a test (real sockets, real client)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from tracehouse.embedded import free_port
+from tracehouse.query._server import create_app
+from tracehouse.storage import Store
+
+
+@contextmanager
+def serving(store: Store) -> Iterator[str]:
+    """Yield the base URL of ``create_app(store)`` served on a free port; stop it afterwards."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the test server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
