@@ -199,3 +199,32 @@ def test_http_dataframe_and_cli_agree_with_the_store(served: tuple[Store, str]) 
     view = CliRunner().invoke(main, ["user", "user-000", "--uri", url])
     assert view.exit_code == 0
     assert "5 days" in view.output
+
+
+def test_web_ui_calls_only_routes_that_answer_with_the_fields_it_reads(served: tuple[Store, str]) -> None:
+    """The UI's users, user, sessions and session views: every API path its script builds answers 200
+    here, with the keys the script reads."""
+    import re
+
+    import httpx
+
+    _, url = served
+    html = httpx.get(url + "/").text
+    paths = set(re.findall(r"'(/api/tracehouse/v1/[a-z/]+)", html))
+    v1 = "/api/tracehouse/v1/"
+    assert paths == {v1 + p for p in ("traces/search", "traces/", "users", "users/", "sessions", "sessions/")}
+    users = httpx.get(url + "/api/tracehouse/v1/users", params={"max_results": 100, "order_by": "error_rate DESC"})
+    assert users.status_code == 200
+    row = users.json()["users"][0]
+    columns = re.search(r"const USER_COLS = \[([^\]]+)\]", html)
+    assert columns is not None
+    for column in columns.group(1).replace("'", "").split(","):
+        assert column in row, column
+    one = httpx.get(url + "/api/tracehouse/v1/users/user-000").json()
+    assert one["user"]["total_traces"] > 0
+    assert one["rollup"]["days"][0]["day"]
+    listed = httpx.get(url + "/api/tracehouse/v1/sessions", params={"max_results": 20, "user_id": "user-000"})
+    assert listed.status_code == 200
+    assert "sessions" in listed.json()
+    detail = httpx.get(url + "/api/tracehouse/v1/sessions/s-user-000-1", params={"max_results": 500}).json()
+    assert {"session", "summary", "feedback"} <= set(detail)
