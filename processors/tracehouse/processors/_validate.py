@@ -4,13 +4,15 @@ msgspec validates types, patterns and bounds while decoding (:func:`tracehouse.s
 This step adds the checks a schema cannot express: the spans of a trace form a tree (unique ids,
 parents inside the trace, at least one root), a span does not end before it starts, and every
 timestamp fits the ClickHouse column it lands in (so one absurd value cannot make a whole batch's
-insert fail forever).
+insert fail forever). A ``spans`` event carries part of a trace, so its parents may lie elsewhere;
+its spans are checked one by one.
 
 A pure function: it must not do I/O, keep state between lines, or raise for bad input.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,6 +21,8 @@ from tracehouse.schemas import (
     Event,
     EventDecodeError,
     SessionRecord,
+    Span,
+    SpansEvent,
     TagDeleteEvent,
     TagSetEvent,
     TraceEvent,
@@ -43,6 +47,10 @@ def check_event(event: Event) -> str | None:
     """What is wrong with a decoded event beyond its schema, or ``None`` when it is fine."""
     if isinstance(event, TraceEvent):
         return _check_trace(event)
+    if isinstance(event, SpansEvent):
+        if event.timestamp_ms is not None and event.timestamp_ms > MAX_MS:
+            return f"invalid event: timestamp_ms {event.timestamp_ms} is out of range - at `$.timestamp_ms`"
+        return _check_spans(event.spans)
     if isinstance(event, (TagSetEvent, TagDeleteEvent)):
         if event.timestamp_ns > MAX_NS:
             return f"invalid event: timestamp_ns {event.timestamp_ns} is out of range - at `$.timestamp_ns`"
@@ -69,6 +77,27 @@ def _check_trace(event: TraceEvent) -> str | None:
     spans = event.spans
     if not spans:
         return None
+    problem = _check_spans(spans)
+    if problem is not None:
+        return problem
+    ids = {span.span_id for span in spans}
+    has_root = False
+    for i, span in enumerate(spans):
+        parent = span.parent_span_id
+        if parent is None:
+            has_root = True
+        elif parent not in ids:
+            return (
+                f"invalid event: parent_span_id {parent!r} of span {span.span_id!r} is not a span of "
+                f"this trace - at `$.spans[{i}].parent_span_id`"
+            )
+    if not has_root:
+        return "invalid event: no root span (every span has a parent, so the parents form a cycle) - at `$.spans`"
+    return None
+
+
+def _check_spans(spans: Sequence[Span]) -> str | None:
+    """Unique ids, sane times, no span its own parent."""
     ids: set[str] = set()
     for i, span in enumerate(spans):
         if span.span_id in ids:
@@ -84,20 +113,8 @@ def _check_trace(event: TraceEvent) -> str | None:
         for j, ev in enumerate(span.events):
             if ev.timestamp_ns > MAX_NS:
                 return f"invalid event: timestamp_ns {ev.timestamp_ns} is out of range - at `$.spans[{i}].events[{j}]`"
-    has_root = False
-    for i, span in enumerate(spans):
-        parent = span.parent_span_id
-        if parent is None:
-            has_root = True
-        elif parent == span.span_id:
+        if span.parent_span_id == span.span_id:
             return f"invalid event: span {span.span_id!r} is its own parent - at `$.spans[{i}].parent_span_id`"
-        elif parent not in ids:
-            return (
-                f"invalid event: parent_span_id {parent!r} of span {span.span_id!r} is not a span of "
-                f"this trace - at `$.spans[{i}].parent_span_id`"
-            )
-    if not has_root:
-        return "invalid event: no root span (every span has a parent, so the parents form a cycle) - at `$.spans`"
     return None
 
 

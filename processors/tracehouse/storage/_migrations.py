@@ -264,6 +264,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        4,
+        "experiments (MLflow's create / get / get-by-name)",
+        (
+            # Written by the HTTP server directly (experiments are rare control-plane records). An
+            # experiment's id is derived from its name, so two servers creating the same name at once
+            # write the same row; the newest update wins.
+            """
+            CREATE TABLE IF NOT EXISTS experiments (
+                experiment_id String,
+                name String,
+                artifact_location String,
+                lifecycle_stage LowCardinality(String),
+                creation_time Int64,
+                last_update_time Int64,
+                tags Map(String, String),
+                INDEX ix_name name TYPE bloom_filter(0.01) GRANULARITY 1
+            ) ENGINE = ReplacingMergeTree(last_update_time)
+            ORDER BY experiment_id
+            """,
+        ),
+    ),
 )
 
 

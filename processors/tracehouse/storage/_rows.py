@@ -19,6 +19,8 @@ from tracehouse.schemas import (
     AssessmentEvent,
     Event,
     SessionRecord,
+    Span,
+    SpansEvent,
     TagDeleteEvent,
     TagSetEvent,
     TraceEvent,
@@ -52,6 +54,7 @@ USER_TRACE_COLUMNS: Final = (
 )  # fmt: skip
 
 UINT64_MAX: Final = 2**64 - 1
+SIZE_STATS: Final = "mlflow.trace.sizeStats"
 _EPOCH: Final = datetime.date(1970, 1, 1)
 _DAY_MS: Final = 86_400_000
 
@@ -73,6 +76,9 @@ class RowBatch:
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {t: [] for t in TABLES})
     #: Trace ids in this batch: a trace is logged once, so a later event of the same id is ignored.
     trace_ids: set[str] = field(default_factory=set)
+    #: (trace id, span id) of the spans that came in ``spans`` events: a duplicate ``trace`` event
+    #: dropped by :meth:`drop_traces` must not take them along.
+    loose_spans: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, event: Event) -> None:
         add_event_rows(self, event)
@@ -85,7 +91,8 @@ class RowBatch:
         traces = self.rows["traces"]
         versions = {r[0]: r[3] * 1_000_000 for r in traces if r[0] in trace_ids}
         self.rows["traces"] = [r for r in traces if r[0] not in trace_ids]
-        self.rows["spans"] = [r for r in self.rows["spans"] if r[0] not in trace_ids]
+        loose = self.loose_spans
+        self.rows["spans"] = [r for r in self.rows["spans"] if r[0] not in trace_ids or (r[0], r[1]) in loose]
         self.rows["trace_tags"] = [r for r in self.rows["trace_tags"] if versions.get(r[0]) != r[3]]
         self.trace_ids -= trace_ids
         return len(versions)
@@ -137,10 +144,58 @@ def root_span_name(event: TraceEvent) -> str:
     return event.tags.get(TRACE_NAME_TAG, "")
 
 
+def _span_row(
+    trace_id: str, span: Span, experiment_id: str, user_id: str, session_id: str, timestamp_ms: int
+) -> tuple[Any, ...]:
+    events = (
+        orjson.dumps(
+            [{"name": e.name, "timestamp_ns": e.timestamp_ns, "attributes": e.attributes} for e in span.events],
+            default=str,
+        ).decode()
+        if span.events
+        else "[]"
+    )
+    return (
+        trace_id, span.span_id, span.parent_span_id or "", experiment_id, user_id, session_id, timestamp_ms,
+        span.name, span.span_type, span.status, span.status_message, span.start_time_ns, span.end_time_ns,
+        {k: _json_value(v) for k, v in span.attributes.items()}, events,
+    )  # fmt: skip
+
+
+def _add_spans(batch: RowBatch, event: SpansEvent) -> None:
+    """Spans sent apart from their trace. Rows are keyed by (experiment, trace, span), so a span sent
+    twice, or also inside its ``trace`` event, collapses into one row."""
+    ts = event.timestamp_ms
+    if ts is None:
+        ts = min(s.start_time_ns for s in event.spans) // 1_000_000
+    rows = batch.rows["spans"]
+    for span in event.spans:
+        rows.append(_span_row(event.trace_id, span, event.experiment_id, event.user_id, event.session_id, ts))
+        batch.loose_spans.add((event.trace_id, span.span_id))
+
+
+def _span_count(event: TraceEvent) -> int:
+    """Spans in the event, or for a trace whose spans travel apart (MLflow's StartTraceV3) the count
+    its client reported in ``mlflow.trace.sizeStats``."""
+    if event.spans:
+        return len(event.spans)
+    raw = event.metadata.get(SIZE_STATS)
+    if raw:
+        try:
+            n = orjson.loads(raw).get("num_spans")
+        except (orjson.JSONDecodeError, AttributeError):
+            return 0
+        if isinstance(n, int) and 0 <= n < 2**32:
+            return n
+    return 0
+
+
 def add_event_rows(batch: RowBatch, event: Event) -> None:
     """Append the rows one event produces to ``batch``."""
     if isinstance(event, TraceEvent):
         _add_trace(batch, event)
+    elif isinstance(event, SpansEvent):
+        _add_spans(batch, event)
     elif isinstance(event, TagSetEvent):
         batch.rows["trace_tags"].append((event.trace_id, event.key, event.value, event.timestamp_ns, 0))
     elif isinstance(event, TagDeleteEvent):
@@ -200,20 +255,12 @@ def _add_trace(batch: RowBatch, event: TraceEvent) -> None:
         (
             event.trace_id, event.experiment_id, event.client_request_id, event.timestamp_ms,
             event.execution_time_ms, event.state, name, user_id, session_id, event.request_preview,
-            event.response_preview, dict(event.metadata), tags, len(event.spans), inp, out, total,
+            event.response_preview, dict(event.metadata), tags, _span_count(event), inp, out, total,
         )
     )
+    span_rows = batch.rows["spans"]
     for span in event.spans:
-        batch.rows["spans"].append(
-            (
-                event.trace_id, span.span_id, span.parent_span_id or "", event.experiment_id, user_id,
-                session_id, event.timestamp_ms, span.name, span.span_type, span.status,
-                span.status_message, span.start_time_ns, span.end_time_ns,
-                {k: _json_value(v) for k, v in span.attributes.items()},
-                orjson.dumps([{"name": e.name, "timestamp_ns": e.timestamp_ns, "attributes": e.attributes}
-                              for e in span.events], default=str).decode() if span.events else "[]",
-            )
-        )
+        span_rows.append(_span_row(event.trace_id, span, event.experiment_id, user_id, session_id, event.timestamp_ms))
     # Tags logged with the trace are the first version of each tag; later tag events supersede them.
     version = event.timestamp_ms * 1_000_000
     tag_rows = batch.rows["trace_tags"]

@@ -4,6 +4,9 @@ Every event is one JSON object with a ``type`` discriminator. Producers encode w
 processors decode with msgspec, which validates types, patterns and bounds in the same pass.
 
 * ``trace``: one finished trace with its immutable metadata and all its spans.
+* ``spans``: spans of a trace that travel apart from its ``trace`` event (MLflow's ``traces.json``
+  upload, OTLP exports). A span is identified by ``(trace_id, span_id)``: the same span sent twice is
+  stored once, in whichever order the ``trace`` and ``spans`` events arrive.
 * ``tag_set`` / ``tag_delete``: a mutable tag of a trace, versioned by ``timestamp_ns``.
 * ``assessment``: feedback or an expectation on a trace (or a session).
 * ``session``: a session's current state, from the sessionizer (topic ``sessions.v1``).
@@ -73,6 +76,21 @@ class TraceEvent(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="typ
     metadata: dict[Key, TagValue] = {}
     tags: dict[Key, TagValue] = {}
     spans: list[Span] = []
+    schema_version: Literal[1] = 1
+
+
+class SpansEvent(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag="spans"):
+    """Spans of one trace sent apart from its ``trace`` event. Idempotent per span id.
+
+    ``user_id`` / ``session_id`` copy the trace's identity onto the span rows when the producer knows
+    it (empty otherwise); ``timestamp_ms`` is the trace's start (default: the earliest span start)."""
+
+    trace_id: TraceId
+    spans: Annotated[list[Span], msgspec.Meta(min_length=1)]
+    experiment_id: ExperimentId = "0"
+    timestamp_ms: UnixMillis | None = None
+    user_id: Annotated[str, msgspec.Meta(max_length=250)] = ""
+    session_id: Annotated[str, msgspec.Meta(max_length=250)] = ""
     schema_version: Literal[1] = 1
 
 
@@ -167,5 +185,7 @@ class UserTraceFact(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="
     schema_version: Literal[1] = 1
 
 
-Event = TraceEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent | SessionRecord | UserTraceFact
-EVENT_TYPES: Final = (TraceEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent, SessionRecord, UserTraceFact)
+Event = TraceEvent | SpansEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent | SessionRecord | UserTraceFact
+EVENT_TYPES: Final = (
+    TraceEvent, SpansEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent, SessionRecord, UserTraceFact,
+)  # fmt: skip
