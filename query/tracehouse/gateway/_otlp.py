@@ -9,7 +9,10 @@ encoded, with OTLP/JSON's hex ids or protobuf JSON's base64 ids. Spans are group
   ``session.id`` / ``gen_ai.conversation.id`` (root span first, then the other spans, then the
   resource); its name from the root span; the resource's ``service.name`` becomes a tag;
 * spans of a trace whose root is not in the export become ``spans`` events, stored once per span
-  id, so exports may arrive in any order and be retried.
+  id, so exports may arrive in any order and be retried;
+* spans an MLflow client exported (they carry ``mlflow.traceRequestId``) only ever become ``spans``
+  events: that client sends the trace's record itself (``StartTraceV3``), with the metadata, tags
+  and client request id a root span does not have, and the first record of a trace wins.
 
 A trace that fails validation is refused alone (OTLP partial success); the others are accepted.
 """
@@ -50,6 +53,7 @@ JSON: Final = "application/json"
 
 _USER_KEYS: Final = (TRACE_USER, "user.id", "enduser.id")
 _SESSION_KEYS: Final = (TRACE_SESSION, "session.id", "gen_ai.conversation.id")
+_SPAN_REQUEST_ID: Final = "mlflow.traceRequestId"
 _METADATA_CAP: Final = 250  # MLflow truncates traceInputs / traceOutputs to 250 characters
 _PREVIEW_CAP: Final = 1000
 
@@ -193,6 +197,7 @@ def export_events(request: Mapping[str, Any], experiment_id: str) -> OtlpBatch:
     """The events of one export; invalid traces are counted in ``rejected_spans`` with a reason."""
     out = OtlpBatch()
     by_trace: dict[str, tuple[list[QuerySpan], Mapping[str, Any]]] = {}
+    mlflow_traces: set[str] = set()
     resource_spans = request.get("resourceSpans", request.get("resource_spans")) or []
     if not isinstance(resource_spans, list):
         raise InvalidRequest("resourceSpans must be a list")
@@ -205,22 +210,33 @@ def export_events(request: Mapping[str, Any], experiment_id: str) -> OtlpBatch:
             raw = scope.get("spans") if isinstance(scope, Mapping) else None
             spans = parse_spans(raw or [], "OTLP export")
             out.spans += len(spans)
-            for span in spans:
+            for span, raw_span in zip(spans, raw or [], strict=True):
                 by_trace.setdefault(span.trace_id, ([], resource))[0].append(span)
+                if _from_mlflow(raw_span):
+                    mlflow_traces.add(span.trace_id)
     for trace_id, (trace_spans, trace_resource) in by_trace.items():
         try:
-            out.events.extend(_trace_events(trace_id, trace_spans, trace_resource, experiment_id))
+            out.events.extend(
+                _trace_events(trace_id, trace_spans, trace_resource, experiment_id, trace_id in mlflow_traces)
+            )
         except InvalidRequest as exc:
             out.rejected_spans += len(trace_spans)
             out.errors.append(str(exc))
     return out
 
 
+def _from_mlflow(raw_span: Any) -> bool:
+    attributes = raw_span.get("attributes") if isinstance(raw_span, Mapping) else None
+    if isinstance(attributes, Mapping):
+        return _SPAN_REQUEST_ID in attributes
+    return any(isinstance(kv, Mapping) and kv.get("key") == _SPAN_REQUEST_ID for kv in attributes or ())
+
+
 def _trace_events(
-    trace_id: str, spans: list[QuerySpan], resource: Mapping[str, Any], experiment_id: str
+    trace_id: str, spans: list[QuerySpan], resource: Mapping[str, Any], experiment_id: str, from_mlflow: bool
 ) -> list[Event]:
     root = next((s for s in spans if s.parent_id is None), None)
-    if root is not None:
+    if root is not None and not from_mlflow:
         event = _trace_event(trace_id, spans, root, resource, experiment_id)
         if len(msgspec.json.encode(event)) <= MAX_EVENT_BYTES:
             return [event]
