@@ -99,7 +99,7 @@ def main() -> None:
 
     failed = next(entry["trace_id"] for entry in logged if entry["error"])
     out["get_failed"] = summary(mlflow.get_trace(failed))
-    target = logged[0]["trace_id"]
+    target = str(logged[0]["trace_id"])
     client.set_trace_tag(target, "reviewed", "yes")
     out["after_set_tag"] = summary(client.get_trace(target))
     client.delete_trace_tag(target, "reviewed")

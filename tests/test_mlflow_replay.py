@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from _stack import serving_stack
 from google.protobuf.json_format import ParseDict  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from _stack import serving_stack
 from tracehouse.embedded import TansuBroker
 from tracehouse.schemas import Topics
 from tracehouse.storage import Store
@@ -85,7 +85,8 @@ def request_of(row: dict[str, Any], exps: Experiments) -> dict[str, Any]:
     body = row["req_body"]
     content: bytes | None = None
     if isinstance(body, dict) and "decoded" in body and "_note" in body:  # OTLP protobuf, decoded for the capture
-        content = ParseDict(exps.rewrite(body["decoded"]), ExportTraceServiceRequest(), ignore_unknown_fields=True).SerializeToString()
+        message = ParseDict(exps.rewrite(body["decoded"]), ExportTraceServiceRequest(), ignore_unknown_fields=True)
+        content = message.SerializeToString()
     elif isinstance(body, dict):
         content = json.dumps(exps.rewrite({k: v for k, v in body.items() if not k.startswith("_")})).encode()
     url = exps.path(row["path"]) + (f"?{exps.query(row['query'])}" if row["query"] else "")
@@ -151,21 +152,22 @@ def check(row: dict[str, Any], resp: httpx.Response, exps: Experiments) -> list[
             exps.tokens[expected["next_page_token"]] = body["next_page_token"]
         total = expected.get("_trimmed_traces_total")  # the capture keeps the first 3 of a long list
         page = trace_list(body)
-        ours = [t for t in page if t not in exps.deleted]
+        found = [t for t in page if t not in exps.deleted]
         real_list = trace_list(expected)
-        if len(ours) < len(page):  # a page that held a trace the real server had deleted
-            differs = not set(ours) <= set(real_list) and total is None
+        if len(found) < len(page):  # a page that held a trace the real server had deleted
+            differs = not set(found) <= set(real_list) and total is None
         elif not compare:
             differs = False
         elif total is None:
-            differs = set(ours) != set(real_list)
+            differs = set(found) != set(real_list)
         else:
-            differs = len(ours) != total or not set(real_list) <= set(ours)
-        if row["req_body"].get("order_by") and compare and len(ours) == len(page):
-            differs = differs or ours[: len(real_list)] != real_list
+            differs = len(found) != total or not set(real_list) <= set(found)
+        if row["req_body"].get("order_by") and compare and len(found) == len(page):
+            differs = differs or found[: len(real_list)] != real_list
         if differs:
-            problems.append(f"{where} filter={row['req_body'].get('filter')!r} order={row['req_body'].get('order_by')}: "
-                            f"real found {total or len(real_list)} {real_list}, tracehouse {len(ours)} {ours[:8]}")
+            asked = f"filter={row['req_body'].get('filter')!r} order={row['req_body'].get('order_by')}"
+            problems.append(f"{where} {asked}: "
+                            f"real found {total or len(real_list)} {real_list}, tracehouse {len(found)} {found[:8]}")
         for t in body.get("traces", []):
             missing = {"trace_id", "trace_location", "request_time", "state", "trace_metadata", "tags"} - set(t)
             if missing:
@@ -193,7 +195,7 @@ def check(row: dict[str, Any], resp: httpx.Response, exps: Experiments) -> list[
             problems.append(f"{where}: traces.json has no spans")
     elif path.endswith("/experiments/create"):
         exps.ids[expected["experiment_id"]] = body["experiment_id"]
-    elif path.endswith("/experiments/get") or path.endswith("/experiments/get-by-name"):
+    elif path.endswith(("/experiments/get", "/experiments/get-by-name")):
         exp = body["experiment"]
         if exp["lifecycle_stage"] != "active" or exp["name"] != expected["experiment"]["name"]:
             problems.append(f"{where}: experiment {exp} differs from {expected['experiment']}")

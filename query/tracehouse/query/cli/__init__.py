@@ -64,19 +64,24 @@ def main() -> None:
 @click.option("--max-duration-ms", type=int, default=None, help="... or once it has lasted this long.")
 @click.option("--infer-sessions", is_flag=True,
               help="Give traces with a user but no session id an inferred session (inferred:<user>:<ms>).")
+@click.option("--auth-token", envvar="TRACEHOUSE_AUTH_TOKEN", default=None,
+              help="Require 'Authorization: Bearer <token>' (or Basic auth with it as password). "
+                   "Env: TRACEHOUSE_AUTH_TOKEN.")
 def up(port: int, host: str, kafka_port: int, data_dir: str, partitions: int, topic_prefix: str | None,
-       demo: bool, inactivity_gap_ms: int, max_duration_ms: int | None, infer_sessions: bool) -> None:  # fmt: skip
+       demo: bool, inactivity_gap_ms: int, max_duration_ms: int | None, infer_sessions: bool,
+       auth_token: str | None) -> None:  # fmt: skip
     """Run the whole pipeline on the embedded defaults.
 
     Starts the Tansu Kafka broker, the processors and sink, a chDB store under --data-dir, and the
-    HTTP query API + web UI. Ctrl-C drains in-flight events into ClickHouse and stops cleanly.
+    HTTP server: web UI, query API, MLflow's tracking API (MLFLOW_TRACKING_URI=http://HOST:PORT)
+    and OTLP/HTTP (POST /v1/traces). Ctrl-C drains in-flight events into ClickHouse and stops cleanly.
     """
     from ._up import UpOptions, run_up
 
     opts = UpOptions(host=host, port=port, kafka_port=kafka_port, data_dir=Path(data_dir),
                      partitions=partitions, topic_prefix=topic_prefix, demo=demo,
                      inactivity_gap_ms=inactivity_gap_ms, max_duration_ms=max_duration_ms,
-                     infer_sessions=infer_sessions)  # fmt: skip
+                     infer_sessions=infer_sessions, auth_token=auth_token)  # fmt: skip
     try:
         run_up(opts)
     except (OSError, RuntimeError) as exc:
@@ -362,16 +367,45 @@ def topics(bootstrap: str, topic_prefix: str | None, partitions: int) -> None:
               help="clickhouse://user:pass@host:8123/db (or chdb:///path). Env: TRACEHOUSE_STORE_URI.")  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
 @click.option("--port", default=5000, show_default=True, help="HTTP port.")
-def serve(store_uri: str, host: str, port: int) -> None:
-    """Serve the HTTP query API and web UI over a ClickHouse store (no pipeline)."""
+@click.option("--kafka-bootstrap", envvar="TRACEHOUSE_KAFKA_BOOTSTRAP", default=None,
+              help="Accept writes (MLflow logging, tags, feedback, OTLP) and publish them to this Kafka. "
+                   "Without it the server is read-only. Env: TRACEHOUSE_KAFKA_BOOTSTRAP.")
+@click.option("--topic-prefix", envvar="TRACEHOUSE_TOPIC_PREFIX", default=None, help="Kafka topic prefix.")
+@click.option("--sink-group", envvar="TRACEHOUSE_SINK_GROUP", default=None,
+              help="The sink's consumer group, watched for read-your-writes (default tracehouse-sink).")
+@click.option("--read-your-writes-timeout", "ryw_timeout", type=float, default=None,
+              help="Longest a read waits for the sink to store this server's writes, in seconds (default 10). "
+                   "Env: TRACEHOUSE_READ_YOUR_WRITES_TIMEOUT_S.")
+@click.option("--auth-token", envvar="TRACEHOUSE_AUTH_TOKEN", default=None,
+              help="Require 'Authorization: Bearer <token>' (or Basic auth with it as password). "
+                   "Env: TRACEHOUSE_AUTH_TOKEN.")
+@click.option("--auth-username", envvar="TRACEHOUSE_AUTH_USERNAME", default=None,
+              help="With --auth-token: the only username Basic auth accepts (default: any).")
+def serve(store_uri: str, host: str, port: int, kafka_bootstrap: str | None, topic_prefix: str | None,
+          sink_group: str | None, ryw_timeout: float | None, auth_token: str | None,
+          auth_username: str | None) -> None:  # fmt: skip
+    """Serve the web UI, the query API and MLflow's tracking API over a ClickHouse store.
+
+    With --kafka-bootstrap it also ingests: MLflow clients (MLFLOW_TRACKING_URI) and OTLP exporters
+    (POST /v1/traces) write through it to Kafka, and the sink stores what they sent.
+    """
     import uvicorn
 
     from tracehouse.storage import Store
 
+    from .._auth import AuthConfig
     from .._server import create_app
 
+    gateway = None
+    if kafka_bootstrap:
+        from tracehouse.gateway import Gateway, GatewayConfig
+
+        config = GatewayConfig.resolve(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, sink_group=sink_group,
+                                       read_your_writes_timeout_s=ryw_timeout)  # fmt: skip
+        gateway = Gateway(config)
+    auth = AuthConfig.resolve(token=auth_token, username=auth_username)
     with Store(store_uri) as store:
-        uvicorn.run(create_app(store), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(store, gateway=gateway, auth=auth), host=host, port=port, log_level="info")
 
 
 @main.command()

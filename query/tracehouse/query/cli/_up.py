@@ -1,7 +1,8 @@
 """``tracehouse up``: the whole pipeline in one process on the embedded defaults.
 
-Tansu broker (child process) → sink (asyncio task) → chDB store ← HTTP query API and UI (uvicorn).
-The sink and the HTTP API share one store handle, because chDB allows one process per data path.
+Tansu broker (child process) → sink (asyncio task) → chDB store ← HTTP server (uvicorn): UI, query
+API, MLflow's tracking API and OTLP/HTTP, whose writes go to the broker through the gateway. The sink
+and the HTTP server share one store handle, because chDB allows one process per data path.
 
 On Ctrl-C (or SIGTERM) it stops the demo, waits until the sink has written everything the broker
 holds, commits, and only then stops the broker, whose data lives in memory.
@@ -42,6 +43,7 @@ class UpOptions:
     inactivity_gap_ms: int = 30 * 60 * 1000
     max_duration_ms: int | None = None
     infer_sessions: bool = False
+    auth_token: str | None = None
 
 
 def run_up(opts: UpOptions) -> None:
@@ -100,8 +102,19 @@ async def _up(opts: UpOptions) -> None:
             run_sessionizer(sessionizer_config, sessions_stop), name="tracehouse-sessionizer"
         )
 
+        from tracehouse.gateway import Gateway, GatewayConfig, sink_waiter
+
+        from .._auth import AuthConfig
+
+        # MLflow clients and OTLP exporters write through the gateway; reads wait on this very sink.
+        gateway = Gateway(
+            GatewayConfig.resolve(bootstrap=broker.bootstrap, topic_prefix=prefix, sink_group=group),
+            commit_waiter=sink_waiter(sink.wait_committed),
+        )
+        await gateway.start()
+        app = create_app(store, gateway=gateway, auth=AuthConfig.resolve(token=opts.auth_token), manage_gateway=False)
         server = uvicorn.Server(
-            uvicorn.Config(create_app(store), host=opts.host, port=opts.port, log_level="warning", lifespan="off")
+            uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", lifespan="off")
         )
         server.capture_signals = _no_signals  # type: ignore[method-assign]  # we own SIGINT/SIGTERM
         server_task = asyncio.create_task(server.serve(), name="tracehouse-http")
@@ -119,6 +132,8 @@ async def _up(opts: UpOptions) -> None:
             f"  sessions topic    {topics.sessions} (session records, sunk into the sessions table)\n"
             f"  store             {store_uri}\n"
             f"  UI and API        {url}   (export TRACEHOUSE_URI={url})\n"
+            f"  MLflow clients    export MLFLOW_TRACKING_URI={url}\n"
+            f"  OTLP/HTTP         {url}/v1/traces\n"
             f"Press Ctrl-C to drain and stop.",
         )
         demo_thread = _start_demo(broker.bootstrap, prefix) if opts.demo else None
@@ -134,6 +149,10 @@ async def _up(opts: UpOptions) -> None:
         loop.add_signal_handler(signal.SIGINT, stop_now)
         if demo_thread is not None:
             demo_thread.join(timeout=opts.drain_timeout)
+        # Stop taking writes first: everything the gateway acknowledged is then in the broker, drained below.
+        server.should_exit = True
+        await server_task
+        await gateway.stop()
         drained = await _drain(sink, opts.drain_timeout)
         # The sessionizer's final flush emits the last session records; the sink then writes them.
         sessions_stop.set()
@@ -142,8 +161,6 @@ async def _up(opts: UpOptions) -> None:
         await sink.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await sink_task
-        server.should_exit = True
-        await server_task
         stats = sink.stats()
         click.echo(
             f"stopped: {stats.events_written} events written, {stats.events_rejected} dead-lettered"
