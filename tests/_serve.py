@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
@@ -15,10 +16,11 @@ from tracehouse.storage import Store
 
 
 @contextmanager
-def serving(store: Store) -> Iterator[str]:
-    """Yield the base URL of ``create_app(store)`` served on a free port; stop it afterwards."""
+def serving(store: Store, app: Any = None) -> Iterator[str]:
+    """Yield the base URL of ``app`` (default ``create_app(store)``) served on a free port; stop it afterwards."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    app = app if app is not None else create_app(store)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -6,15 +6,20 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from _serve import serving
 from _stack import serving_stack
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tracehouse.embedded import TansuBroker
-from tracehouse.gateway import GatewayConfig, InvalidRequest, artifact_spans, event_key, trace_info_events
+from tracehouse.gateway import Gateway, GatewayConfig, InvalidRequest, artifact_spans, event_key, trace_info_events
 from tracehouse.query._auth import AuthConfig
+from tracehouse.query._server import create_app
 from tracehouse.schemas import Topics
 from tracehouse.storage import Store
 
@@ -178,3 +183,41 @@ def test_idempotent_in_any_order_errors_and_read_your_writes(broker: TansuBroker
         assert again.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
         by_name = http.get("/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "demo"}).json()
         assert by_name["experiment"]["experiment_id"] == created
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+WRITE_ROUTES = [
+    ("POST", "/api/3.0/mlflow/traces", lambda v: {"trace": {"trace_info": v}}),
+    ("POST", "/api/3.0/mlflow/traces", lambda v: v),
+    ("PUT", f"/api/2.0/mlflow-artifacts/artifacts/0/traces/{TRACE}/artifacts/traces.json", lambda v: {"spans": v}),
+    ("PATCH", f"/api/2.0/mlflow/traces/{TRACE}/tags", lambda v: v),
+    ("POST", f"/api/3.0/mlflow/traces/{TRACE}/assessments", lambda v: {"assessment": v}),
+    ("POST", "/v1/traces", lambda v: {"resourceSpans": v}),
+    ("POST", "/api/3.0/mlflow/traces/search", lambda v: v),
+    ("POST", "/api/2.0/mlflow/experiments/create", lambda v: {"name": v}),
+]
+
+
+@pytest.fixture
+def offline_app(store: Store) -> Iterator[httpx.Client]:
+    """The app with a gateway that is never started: anything that passes validation would need
+    Kafka and gets 501, so every other answer comes from validation alone."""
+    gateway = Gateway(GatewayConfig("127.0.0.1:1"))
+    with serving(store, create_app(store, gateway=gateway, manage_gateway=False)) as url, httpx.Client(
+        base_url=url, timeout=30
+    ) as client:
+        yield client
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(route=st.sampled_from(WRITE_ROUTES), value=json_values)
+def test_arbitrary_json_never_gets_a_retryable_5xx(offline_app: httpx.Client, route: Any, value: Any) -> None:
+    method, path, wrap = route
+    r = offline_app.request(method, path, content=json.dumps(wrap(value)), headers={"content-type": "application/json"})
+    assert r.status_code < 500 or r.status_code == 501, r.text
+    if r.status_code >= 400:
+        assert set(r.json()) == {"error_code", "message"}
