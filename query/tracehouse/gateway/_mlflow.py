@@ -77,7 +77,7 @@ def trace_info_events(body: Mapping[str, Any]) -> tuple[TraceEvent, list[Assessm
     raw = _object(_object(trace, "trace").get("trace_info") or trace.get("traceInfo") or trace, "trace_info")
     try:
         info = TraceInfo.from_dict(raw)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidRequest(f"invalid trace_info: {exc}") from None
     if not info.trace_id:
         raise InvalidRequest("invalid trace_info: trace_id is required")
@@ -137,7 +137,7 @@ def assessment_from_request(trace_id: str, body: Mapping[str, Any]) -> Assessmen
     raw = _object(body.get("assessment"), "assessment")
     try:
         a = Assessment.from_dict(raw)
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidRequest(f"invalid assessment: {exc}") from None
     if not a.name:
         raise InvalidRequest("invalid assessment: assessment_name is required")

@@ -204,7 +204,13 @@ def export_events(request: Mapping[str, Any], experiment_id: str) -> OtlpBatch:
     for rs in resource_spans:
         if not isinstance(rs, Mapping):
             raise InvalidRequest("resourceSpans[] must be objects")
-        resource = _attributes(rs.get("resource") or {})
+        raw_resource = rs.get("resource") or {}
+        if not isinstance(raw_resource, Mapping):
+            raise InvalidRequest("resourceSpans[].resource must be an object")
+        try:
+            resource = _attributes(raw_resource)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise InvalidRequest(f"resourceSpans[].resource.attributes are not OTLP key-values: {exc}") from None
         scopes = rs.get("scopeSpans", rs.get("scope_spans", rs.get("instrumentationLibrarySpans"))) or []
         for scope in scopes if isinstance(scopes, list) else []:
             raw = scope.get("spans") if isinstance(scope, Mapping) else None

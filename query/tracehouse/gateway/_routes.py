@@ -83,7 +83,7 @@ def write_routes(gateway: Gateway) -> list[Route]:
         trace_id = _trace_id(request)
         body = await json_body(request)
         key = body.get("key")
-        if key in IMMUTABLE_TAGS:
+        if isinstance(key, str) and key in IMMUTABLE_TAGS:
             raise InvalidRequest(f"tag {key!r} is immutable")
         await gateway.publish([tag_event(trace_id, body, delete=delete)])
         return json_response({})
