@@ -1,7 +1,18 @@
-"""Load generator for the ingest benchmark: an app process tracing chat turns through the SDK.
+"""Load generator: an app process tracing chat turns, through the tracehouse SDK or through ``mlflow``.
 
 Each trace is a decorated call with two child spans (3 spans), user and session metadata and ~2 KB
-of inputs and outputs. It paces itself only to keep the SDK buffer from overflowing (no drops).
+of inputs and outputs; 2,000 users, 6 turns a session. Both sides run the same workload.
+
+- ``--traces N`` stops after N traces; ``--duration S`` after S seconds.
+- ``--rate R`` paces the calls at R traces/s (open loop: behind schedule it catches up without
+  sleeping); ``0`` means as fast as the app thread can go. tracehouse also paces itself to keep the
+  SDK's buffer from overflowing, so nothing is dropped.
+- ``--marker-every S`` (tracehouse): every S seconds one call, by user ``freshness-probe``, carries
+  ``client_request_id=fresh-K``,
+  then ``flush()``; the moment ``flush()`` returns is printed as ``M fresh-K <unix seconds>`` so the
+  benchmark can time when that trace becomes visible (freshness).
+
+The last stdout line is a JSON summary: traces, CPU seconds, resident set.
 """
 
 from __future__ import annotations
@@ -12,55 +23,122 @@ import random
 import resource
 import sys
 import time
-
-import tracehouse
+from collections.abc import Callable
+from typing import Any
 
 PAD = "lorem ipsum dolor sit amet " * 24  # ~650 chars per payload
 
 
-@tracehouse.trace(span_type="RETRIEVER")
-def retrieve(query: str) -> list[str]:
-    return [PAD[:200], PAD[:180]]
+def tracehouse_app(bootstrap: str, topic_prefix: str) -> tuple[Callable[[str, str, str, str | None], str], Any]:
+    import tracehouse
+
+    tracehouse.configure(kafka_bootstrap=bootstrap, topic_prefix=topic_prefix)
+
+    @tracehouse.trace(span_type="RETRIEVER")
+    def retrieve(query: str) -> list[str]:
+        return [PAD[:200], PAD[:180]]
+
+    @tracehouse.trace(span_type="LLM")
+    def generate(query: str, docs: list[str]) -> str:
+        return PAD
+
+    @tracehouse.trace(span_type="CHAIN")
+    def chat(user_id: str, session_id: str, message: str, request_id: str | None) -> str:
+        tracehouse.update_current_trace(
+            metadata={"mlflow.trace.user": user_id, "mlflow.trace.session": session_id}, client_request_id=request_id
+        )
+        return generate(message, retrieve(message))
+
+    return chat, tracehouse
 
 
-@tracehouse.trace(span_type="LLM")
-def generate(query: str, docs: list[str]) -> str:
-    return PAD
+def mlflow_app(tracking_uri: str) -> tuple[Callable[[str, str, str, str | None], str], Any]:
+    import logging
+    import os
 
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
+    import mlflow
 
-@tracehouse.trace(span_type="CHAIN")
-def chat(user_id: str, session_id: str, message: str) -> str:
-    tracehouse.update_current_trace(metadata={"mlflow.trace.user": user_id, "mlflow.trace.session": session_id})
-    return generate(message, retrieve(message))
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+
+    @mlflow.trace(span_type="RETRIEVER")
+    def retrieve(query: str) -> list[str]:
+        return [PAD[:200], PAD[:180]]
+
+    @mlflow.trace(span_type="LLM")
+    def generate(query: str, docs: list[str]) -> str:
+        return PAD
+
+    @mlflow.trace(span_type="CHAIN")
+    def chat(user_id: str, session_id: str, message: str, request_id: str | None) -> str:
+        mlflow.update_current_trace(
+            metadata={"mlflow.trace.user": user_id, "mlflow.trace.session": session_id}, client_request_id=request_id
+        )
+        return generate(message, retrieve(message))
+
+    return chat, mlflow
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--topic-prefix", required=True)
-    p.add_argument("--traces", type=int, default=100_000)
+    p.add_argument("--side", choices=["tracehouse", "mlflow"], default="tracehouse")
+    p.add_argument("--bootstrap", help="tracehouse: Kafka bootstrap")
+    p.add_argument("--topic-prefix", default="tracehouse.")
+    p.add_argument("--tracking-uri", help="mlflow: the server's URL")
+    p.add_argument("--traces", type=int, default=0, help="stop after this many traces (0: use --duration)")
+    p.add_argument("--duration", type=float, default=0.0)
+    p.add_argument("--rate", type=float, default=0.0, help="traces/s; 0 = as fast as possible")
+    p.add_argument("--marker-every", type=float, default=0.0)
     p.add_argument("--users", type=int, default=2_000)
     p.add_argument("--turns", type=int, default=6, help="traces per session")
     args = p.parse_args()
-    tracehouse.configure(kafka_bootstrap=args.bootstrap, topic_prefix=args.topic_prefix)
+    if args.side == "tracehouse":
+        chat, sdk = tracehouse_app(args.bootstrap, args.topic_prefix)
+    else:
+        chat, sdk = mlflow_app(args.tracking_uri)
     rng = random.Random(1)
+    markers = 0
     start = time.perf_counter()
-    for i in range(args.traces):
-        session = i // args.turns
-        chat(f"user-{rng.randrange(args.users)}", f"session-{session}", f"question {i} {PAD[:300]}")
-        if i % 1000 == 0:
-            while tracehouse.stats().buffered > 20_000:
+    next_marker = start + args.marker_every
+    i = 0
+    while True:
+        now = time.perf_counter()
+        if (args.traces and i >= args.traces) or (args.duration and now - start >= args.duration):
+            break
+        if args.rate:
+            ahead = start + i / args.rate - now
+            if ahead > 0.0005:
+                time.sleep(ahead)
+        user, session = f"user-{rng.randrange(args.users)}", f"session-{i // args.turns}"
+        if args.marker_every and now >= next_marker:
+            markers += 1
+            chat("freshness-probe", f"freshness-{markers}", f"question {i} {PAD[:300]}", f"fresh-{markers}")
+            sdk.flush()
+            print(f"M fresh-{markers} {time.time():.6f}", flush=True)
+            next_marker = time.perf_counter() + args.marker_every
+        else:
+            chat(user, session, f"question {i} {PAD[:300]}", None)
+        i += 1
+        if args.side == "tracehouse" and i % 1000 == 0:
+            while sdk.stats().buffered > 20_000:
                 time.sleep(0.002)
     produced = time.perf_counter() - start
-    ok = tracehouse.flush(timeout=120)
+    if args.side == "tracehouse":
+        ok = sdk.flush(timeout=120)
+        stats = sdk.stats()
+        extra: dict[str, Any] = {"flushed": ok, "dropped": stats.dropped, "failed": stats.failed}
+    else:
+        sdk.flush_trace_async_logging(terminate=True)
+        extra = {}
     acked = time.perf_counter() - start
-    stats = tracehouse.stats()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    json.dump({"traces": args.traces, "produce_s": produced, "acked_s": acked, "flushed": ok,
-               "dropped": stats.dropped, "failed": stats.failed,
-               "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024}, sys.stdout)  # fmt: skip
+    cpu_s = usage.ru_utime + usage.ru_stime
+    json.dump({"traces": i, "markers": markers, "produce_s": produced, "acked_s": acked, "cpu_s": cpu_s,
+               "max_rss_mb": usage.ru_maxrss / 1024, **extra}, sys.stdout)  # fmt: skip
     sys.stdout.write("\n")
-    tracehouse.shutdown()
+    if args.side == "tracehouse":
+        sdk.shutdown()
 
 
 if __name__ == "__main__":

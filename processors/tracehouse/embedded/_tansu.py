@@ -110,6 +110,11 @@ class TansuBroker:
             proc.wait()
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (for resource probes)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

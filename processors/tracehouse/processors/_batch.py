@@ -65,6 +65,9 @@ class PartitionBatch:
     dead_letters: list[PendingLetter] = field(default_factory=list)
     #: ``user_trace`` facts only: the highest source position per ``traces.v1`` partition applied here.
     marks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Set when the batch was first written together with other partitions' batches: the token of
+    #: that write, so a retry writes the same group again with the same token.
+    group: str | None = None
     #: Progress of the flush, so a retry resumes where the last attempt failed.
     checked: bool = False
     ledgered: bool = False

@@ -33,7 +33,11 @@ class Ledger:
     def record(self, topic: str, partition: int, first_offset: int, last_offset: int) -> None:
         """Write the bounds of a batch about to be inserted. Writing the same row twice is harmless
         (the table is a ReplacingMergeTree keyed by the first offset)."""
-        self.store.insert(LEDGER_TABLE, [(self.group, topic, partition, first_offset, last_offset)], _COLUMNS)
+        self.record_many([(topic, partition, first_offset, last_offset)])
+
+    def record_many(self, batches: list[tuple[str, int, int, int]]) -> None:
+        """:meth:`record` for several batches ``(topic, partition, first, last)`` in one insert."""
+        self.store.insert(LEDGER_TABLE, [(self.group, *b) for b in batches], _COLUMNS)
 
     def replay_bound(self, topic: str, partition: int, first_offset: int) -> int | None:
         """``last_offset`` of the newest batch of this group that started at ``first_offset``."""

@@ -22,12 +22,23 @@ Steps, in the order one record meets them (arroyo style; each says what it must 
    ``last + 1``. Must not commit before the insert succeeded. On failure it keeps the batch, pauses
    the partition and retries with backoff later — it must not sleep in the loop, lose the batch,
    or let later records of that partition overtake it.
+
+   When a ``traces.v1`` or ``sessions.v1`` batch comes of age, every other batch of those topics is
+   flushed with it, in one insert per table (one ledger insert, one first-write-wins lookup, one
+   commit): a few hundred traces per partition every half second make small inserts, and ClickHouse
+   pays per insert. A group that fails is retried as the same group with the same token. A batch
+   written in a group and then replayed or flushed alone (crash, revoke) cannot match that token, so
+   it inserts only what is not stored: trace rows go last (a stored trace row proves the rest of
+   its write is stored), stored traces are dropped with their spans and tags, and the remaining
+   span, tag, assessment and session rows are checked by key (``drop_stored``). ``user-rollups.v1``
+   batches are never grouped: their facts are sums, exact only by token and marks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import types
@@ -39,7 +50,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from tracehouse.schemas import FORMAT_NDJSON, HEADER_FORMAT, UserTraceFact, split_envelope
-from tracehouse.storage import Store, existing_trace_ids, write_batch
+from tracehouse.storage import RowBatch, Store, drop_stored, existing_trace_ids, write_batch
 
 from ._batch import BatchLimits, PartitionBatch, advance_mark
 from ._config import SinkConfig
@@ -86,6 +97,8 @@ class SinkStats:
     replayed_batches: int
     #: Failed flush attempts (each retried later).
     flush_failures: int
+    #: Inserts rounds (one per table) made: a group of batches written together counts once.
+    writes: int
     #: Events in batches not committed yet.
     pending_events: int
     #: Next offset to read, per partition, as last committed (or found committed at assignment).
@@ -182,6 +195,7 @@ class Sink:
         self._batches = 0
         self._replayed = 0
         self._flush_failures = 0
+        self._writes = 0
 
     @classmethod
     def from_uri(cls, config: SinkConfig, store_uri: str | None = None) -> Sink:
@@ -208,6 +222,7 @@ class Sink:
             batches=self._batches,
             replayed_batches=self._replayed,
             flush_failures=self._flush_failures,
+            writes=self._writes,
             pending_events=sum(p.batch.events for p in self._parts.values() if p.batch is not None),
             committed=types.MappingProxyType(dict(self._committed)),
             assigned=frozenset((tp[0], tp[1]) for tp in self._parts),
@@ -583,51 +598,157 @@ class Sink:
         self._rejected += 1
         self._warnings.note(letter)
 
+    def _groupable(self, part: _PartitionState) -> bool:
+        batch = part.batch
+        return (batch is not None and not part.lost and part.retry_at is None and batch.bound is None
+                and batch.group is None and part.tp[0] != self.config.rollups_topic)  # fmt: skip
+
     async def _flush_due(self) -> None:
-        """Flush batches past their age and retry failed flushes whose backoff has elapsed."""
+        """Flush batches past their age and retry failed flushes whose backoff has elapsed. A due
+        batch of a groupable topic takes every other groupable batch along (see *flush*)."""
         now = time.monotonic()
+        group: list[_PartitionState] = []
+        group_due = False
+        retried: set[str] = set()
         for part in list(self._parts.values()):
             if part.lost:
                 continue
+            batch = part.batch
             if part.retry_at is not None:
                 if now < part.retry_at:
                     continue
-                if part.batch is None:  # a failed lookup: resume and look again
+                if batch is None:  # a failed lookup: resume and look again
                     part.retry_at = None
                     self._resume(part)
                     continue
+                if batch.group is not None:
+                    if batch.group not in retried:  # the same group again, with the same token
+                        retried.add(batch.group)
+                        mates = [p for p in self._parts.values()
+                                 if not p.lost and p.batch is not None and p.batch.group == batch.group]  # fmt: skip
+                        await self._flush_group(mates, batch.group)
+                    continue
                 await self._flush(part, None)
                 continue
-            batch = part.batch
+            if self._groupable(part):
+                group.append(part)
+                assert batch is not None
+                due = batch.due_at(self._limits)
+                group_due = group_due or (due is not None and now >= due)
+                continue
             if batch is not None and (due := batch.due_at(self._limits)) is not None and now >= due:
                 await self._flush(part, None)
+        if group_due:
+            if len(group) == 1:
+                await self._flush(group[0], None)
+            else:
+                await self._flush_group(group, None)
 
     # ------------------------------------------------------------------ flush
+
+    def _check(self, batches: list[PartitionBatch], *, grouped: bool) -> None:
+        """Worker thread: first write wins, with one lookup for all ``batches``.
+
+        A trace id stored by an earlier batch is a duplicate event (a retry, or an attempt to change
+        immutable metadata), and so is one that an earlier batch of the same group carries. An
+        ordinary batch is checked once, before its first attempt, so a retry (same token) does not
+        mistake its own rows for older ones. A batch that may have been stored in part under another
+        token (replayed from the ledger, or first written in a group) is checked before every
+        attempt, and its other rows are checked by key: it inserts only what is not stored."""
+        assert self._store is not None
+
+        def partial(b: PartitionBatch) -> bool:  # may be stored in part under another token
+            return b.replaying or (b.group is not None and not grouped)
+
+        todo = [b for b in batches if not b.checked or partial(b)]
+        ids: set[str] = set()
+        for b in todo:
+            ids |= b.rows.trace_ids
+        stored = existing_trace_ids(self._store, ids) if ids else set()
+        seen: set[str] = set()
+        for b in todo:
+            duplicates = b.rows.trace_ids & (stored | seen)
+            if duplicates:
+                self._duplicates += b.rows.drop_traces(duplicates)
+                log.info("%s[%d]: skipped %d trace events already logged", b.topic, b.partition, len(duplicates))
+            if partial(b):
+                drop_stored(self._store, b.rows)
+            seen |= b.rows.trace_ids
+            b.checked = True
 
     def _write(self, batch: PartitionBatch) -> None:
         """Worker thread: ledger row, then the rows with the batch's token. Must not commit."""
         assert self._ledger is not None
         assert self._store is not None
-        if not batch.replaying and not batch.checked:
-            # First write wins: a trace id stored by an earlier batch is a duplicate event (a retry, or
-            # an attempt to change immutable metadata). Checked once, before the first attempt, so a
-            # retry of this batch does not mistake its own rows for older ones. A replayed batch is
-            # left as it was first built: its dedup token already drops it whole.
-            duplicates = existing_trace_ids(self._store, batch.rows.trace_ids)
-            if duplicates:
-                self._duplicates += batch.rows.drop_traces(duplicates)
-                log.info("%s[%d]: skipped %d trace events already logged", batch.topic, batch.partition,
-                         len(duplicates))  # fmt: skip
-            batch.checked = True
+        if not batch.written:
+            self._check([batch], grouped=False)
         if not batch.ledgered:
             self._ledger.record(batch.topic, batch.partition, batch.first_offset, batch.last_offset)
             batch.ledgered = True
         if not batch.written:
             batch.rows_written = write_batch(self._store, batch.rows, batch.token(self.config.group_id))
             batch.written = True
+            self._writes += 1
         if batch.marks and not batch.marked:
             self._ledger.record_marks(batch.topic, batch.partition, batch.marks)
             batch.marked = True
+
+    def _write_group(self, batches: list[PartitionBatch], token: str) -> None:
+        """Worker thread: the batches' ledger rows in one insert, then their rows merged into one
+        insert per table with the group's token. Must not commit."""
+        assert self._ledger is not None
+        assert self._store is not None
+        pending = [b for b in batches if not b.written]
+        if not pending:
+            return
+        if any(not b.checked for b in pending):
+            self._check(pending, grouped=True)
+        unledgered = [(b.topic, b.partition, b.first_offset, b.last_offset) for b in pending if not b.ledgered]
+        if unledgered:
+            self._ledger.record_many(unledgered)
+            for b in pending:
+                b.ledgered = True
+        merged = RowBatch()
+        for b in pending:
+            for table, rows in b.rows.rows.items():
+                merged.rows[table].extend(rows)
+        write_batch(self._store, merged, token)
+        self._writes += 1
+        for b in pending:
+            b.rows_written = b.row_count()
+            b.written = True
+
+    async def _flush_group(self, parts: list[_PartitionState], token: str | None) -> bool:
+        """Step *flush* for several partitions' batches at once (see the module docstring)."""
+        assert self._dlq is not None
+        batches = [p.batch for p in parts if p.batch is not None]
+        if token is None:
+            tokens = ";".join(b.token(self.config.group_id) for b in batches)
+            token = "group:" + hashlib.sha1(tokens.encode(), usedforsecurity=False).hexdigest()
+            for b in batches:
+                b.group = token
+        try:
+            if any(b.row_count() and not b.written for b in batches):
+                await asyncio.to_thread(self._write_group, batches, token)
+            for b in batches:
+                await self._dlq.confirm(b.dead_letters)
+            await self._consumer.commit({p.tp: p.batch.last_offset + 1 for p in parts if p.batch is not None})
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("commit of a group of %d batches refused (%r); their new owners replay them", len(parts), exc)
+            for p in parts:
+                p.batch = None
+                p.lost = True
+                self._pause(p, None)
+            return False
+        except Exception as exc:
+            self._flush_failures += 1
+            for p in parts:
+                self._fail(p, None, f"grouped flush ({len(parts)} batches)", exc)
+            return False
+        for p in parts:
+            if p.batch is not None:
+                await self._flushed(p, p.batch)
+        return True
 
     async def _flush(self, part: _PartitionState, next_offset: int | None) -> bool:
         """Step *flush* for the partition's batch. ``next_offset`` is the first record after the
@@ -655,6 +776,12 @@ class Sink:
             self._flush_failures += 1
             self._fail(part, next_offset, f"flush of [{batch.first_offset}, {batch.last_offset}]", exc)
             return False
+        await self._flushed(part, batch)
+        return True
+
+    async def _flushed(self, part: _PartitionState, batch: PartitionBatch) -> None:
+        """Bookkeeping after a batch was written and committed."""
+        tp = part.tp
         part.batch = None
         if batch.bound is not None:
             part.replay_end = None
@@ -669,7 +796,6 @@ class Sink:
         self._set_committed(tp, batch.last_offset + 1)
         async with self._commit_cond:
             self._commit_cond.notify_all()
-        return True
 
     async def _flush_final(self, part: _PartitionState, deadline: float, why: str) -> None:
         """Flush a partition's batch before giving the partition up (revoke or stop), retrying

@@ -12,7 +12,7 @@ from ._rows import (
     value_text,
 )
 from ._store import Store, StoreURIError
-from ._writer import existing_trace_ids, write_batch
+from ._writer import drop_stored, existing_trace_ids, write_batch
 
 __all__ = [
     "MIGRATIONS",
@@ -25,6 +25,7 @@ __all__ = [
     "StoreURIError",
     "add_event_rows",
     "current_version",
+    "drop_stored",
     "existing_trace_ids",
     "latest_version",
     "migrate",

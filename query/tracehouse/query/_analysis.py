@@ -171,12 +171,16 @@ def session_timeline(
         after = f" AND (timestamp_ms, trace_id) > {cursor}"
         before_count = (f"(SELECT count() FROM {_TRACES.format(columns=_KEY_COLUMNS, where=scope)} "
                         f"WHERE (timestamp_ms, trace_id) <= {cursor})")
+    # The page is chosen from the narrow key columns; the wide ones (previews) are read for its
+    # turns only: a 50,000-turn session must not read 50,000 previews to show 100.
+    page = (f"SELECT trace_id FROM {_TRACES.format(columns=_KEY_COLUMNS, where=scope + after)} "
+            f"ORDER BY timestamp_ms, trace_id LIMIT {int(limit)}")  # fmt: skip
     rows = store.query(
         "SELECT trace_id, timestamp_ms, execution_time_ms, state, user_id, request_preview, "
         "response_preview, "
         f"{before_count} AS before, "
         f"(SELECT count() FROM {_TRACES.format(columns=_KEY_COLUMNS, where=scope)}) AS total "
-        f"FROM {_TRACES.format(columns=_TURN_COLUMNS, where=scope + after)} "
+        f"FROM {_TRACES.format(columns=_TURN_COLUMNS, where=f'{scope} AND trace_id IN ({page})')} "
         f"ORDER BY timestamp_ms, trace_id LIMIT {int(limit)}",
         params.values,
     )

@@ -10,7 +10,11 @@ Days are UTC days. ``since`` / ``until`` (ms) select the days that overlap ``[si
 are daily, so a bound inside a day takes that whole day.
 
 ``list_users`` pages with a keyset on ``(<order columns>, user_id)`` applied to the merged values, so
-every user is returned once as long as the rollups do not change between pages.
+every user is returned once as long as the rollups do not change between pages. When every order
+column is a sum, min, max or a ratio of sums (all but ``unique_sessions`` and the percentiles), the
+page is chosen first from those cheap columns alone, and the exact sets and multisets (sessions,
+response times) are merged only for the users of the page: the same rows in the same order, without
+merging every user's states.
 """
 
 from __future__ import annotations
@@ -56,6 +60,19 @@ _MERGED: Final = (
     "min(first_seen_ms) AS first_seen_ms, max(last_seen_ms) AS last_seen_ms, sum(input_tokens) AS input_tokens, "
     "sum(output_tokens) AS output_tokens, sum(total_tokens) AS total_tokens"
 )
+#: The order columns computed from sums, min and max alone, as :data:`_MERGED` computes them (a page
+#: ordered by these only is selected before the expensive states are merged).
+_CHEAP: Final[dict[str, str]] = {
+    "interactions": "sum(interactions)",
+    "error_count": "sum(error_count)",
+    "error_rate": "sum(error_count) / sum(interactions)",
+    "avg_response_time_ms": "sum(total_duration_ms) / sum(interactions)",
+    "first_seen_ms": "min(first_seen_ms)",
+    "last_seen_ms": "max(last_seen_ms)",
+    "input_tokens": "sum(input_tokens)",
+    "output_tokens": "sum(output_tokens)",
+    "total_tokens": "sum(total_tokens)",
+}
 _FIELDS: Final = (
     "interactions", "unique_sessions", "avg_response_time_ms", "_q", "p50_response_time_ms",
     "p95_response_time_ms", "error_count", "error_rate", "first_seen_ms", "last_seen_ms", "input_tokens",
@@ -205,14 +222,25 @@ def list_users(
     params = Params()
     where = _where(params, experiments, since, until)
     columns = [(k, desc, USER_ORDER_KEYS.get(k, "String")) for k, desc in keys]
+    cond = " AND ".join(where) or "1"
+    # Ordered by cheap columns only: choose the page's users from those alone (written out, not
+    # aliased, so they read the stored columns), then merge the full rollups of those users only.
+    cheap = all(k in _CHEAP for k, _ in keys if k != "user_id")
+    sort = [(_CHEAP.get(k, k), desc, t) for k, desc, t in columns] if cheap else columns
     having = ""
     if page_token:
         types: list[type] = [float if t == "Float64" else str if t == "String" else int for _, _, t in columns]
         body = decode_page_token(page_token, search, types)
-        having = "HAVING " + keyset_after(columns, body["k"], params)
-    order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d, _ in columns)
+        having = "HAVING " + keyset_after(sort, body["k"], params)
+    order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d, _ in sort)
+    if cheap:
+        page = (f"SELECT user_id FROM user_rollups_daily WHERE {cond} GROUP BY user_id {having} "
+                f"ORDER BY {order} LIMIT {int(limit) + 1}")  # fmt: skip
+        cond = f"{cond} AND user_id IN ({page})"
+        having = ""
+        order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d, _ in columns)
     rows = store.query(
-        f"SELECT user_id, {_MERGED} FROM user_rollups_daily WHERE {' AND '.join(where) or '1'} "
+        f"SELECT user_id, {_MERGED} FROM user_rollups_daily WHERE {cond} "
         f"GROUP BY user_id {having} ORDER BY {order} LIMIT {int(limit) + 1}",
         params.values,
     )

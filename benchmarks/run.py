@@ -1,0 +1,191 @@
+"""The benchmark suite: tracehouse against a real MLflow server, on the embedded defaults, one command.
+
+    python benchmarks/run.py [--quick] [--out DIR] [--only sdk,ingest,soak,queries]
+
+(``scripts/bench`` does the same after setting up ``.venv``.) Stages, each against its peer where
+there is one, measured in the same run and interleaved (A B A B):
+
+- ``sdk``: the time a traced call adds in the app thread, tracehouse SDK vs ``@mlflow.trace``
+  (benchmarks/sdk_vs_mlflow.py);
+- ``ingest``: the stored rate of the whole pipeline (load generator process → Kafka → sessionizer →
+  sink → ClickHouse) vs the same workload through the MLflow client to ``mlflow server``
+  (benchmarks/_e2e.py);
+- ``soak``: the pipeline paced at 5,000 traces/s: freshness of marker traces and every process's
+  resident set over time (benchmarks/_e2e.py);
+- ``queries``: search, users table and session timelines over HTTP at 10 M traces, search vs MLflow
+  (benchmarks/_queries.py).
+
+Writes ``report.json`` (everything measured) and ``report.md`` (the headline table with targets, then
+the details) into ``--out`` (default ``benchmarks/reports/<UTC time>``). ``--quick`` runs every stage
+small (well under 2 minutes): a smoke test that the suite works, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import machine, spread, versions  # noqa: E402
+
+STAGES = ("sdk", "ingest", "soak", "queries")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each stage runs."""
+
+    sdk_calls: int
+    sdk_rounds: int
+    ingest_rounds: int
+    ingest_s: float
+    ingest_warmup_s: float
+    mlflow_ingest_s: float
+    mlflow_ingest_traces: int
+    soak_s: float
+    soak_warmup_s: float
+    soak_rate: float
+    query_traces: int
+    query_mlflow_traces: int
+    query_repeats: int
+
+
+FULL = Plan(sdk_calls=100_000, sdk_rounds=2, ingest_rounds=2, ingest_s=60, ingest_warmup_s=10, mlflow_ingest_s=60,
+            mlflow_ingest_traces=0, soak_s=600, soak_warmup_s=60, soak_rate=5000, query_traces=10_000_000,
+            query_mlflow_traces=100_000, query_repeats=50)  # fmt: skip
+QUICK = Plan(sdk_calls=3_000, sdk_rounds=1, ingest_rounds=1, ingest_s=8, ingest_warmup_s=3, mlflow_ingest_s=5,
+             mlflow_ingest_traces=40, soak_s=8, soak_warmup_s=3, soak_rate=1000, query_traces=110_000,
+             query_mlflow_traces=1_000, query_repeats=3)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def stage_sdk(plan: Plan, workdir: Path) -> dict[str, Any]:
+    import sdk_vs_mlflow
+
+    runs: dict[str, list[dict[str, float]]] = {"tracehouse": [], "mlflow": []}
+    with sdk_vs_mlflow._backends() as targets:
+        for _ in range(plan.sdk_rounds):
+            for side in ("tracehouse", "mlflow"):
+                runs[side].append(sdk_vs_mlflow._run(side, plan.sdk_calls, targets[side]))
+    out: dict[str, Any] = {"calls": plan.sdk_calls, "runs": runs}
+    for side, results in runs.items():
+        out[side] = {"added_p50_us": spread([r["overhead_p50_us"] for r in results]),
+                     "added_p99_us": spread([r["overhead_p99_us"] for r in results])}  # fmt: skip
+    out["ratio"] = out["mlflow"]["added_p50_us"]["median"] / max(out["tracehouse"]["added_p50_us"]["median"], 1e-9)
+    return out
+
+
+def stage_ingest(plan: Plan, workdir: Path) -> dict[str, Any]:
+    import _e2e
+
+    tracehouse: list[dict[str, Any]] = []
+    mlflow: list[dict[str, Any]] = []
+    for r in range(plan.ingest_rounds):  # A B A B
+        tracehouse.append(asyncio.run(_e2e.tracehouse_run(
+            workdir, f"ingest{r}", duration_s=plan.ingest_s, rate=0, warmup_s=plan.ingest_warmup_s)))  # fmt: skip
+        _progress(f"ingest round {r + 1}: tracehouse {tracehouse[-1]['stored_rate']:,.0f} traces/s stored")
+        mlflow.append(_e2e.mlflow_run(workdir, f"ingest{r}", duration_s=plan.mlflow_ingest_s,
+                                      traces=plan.mlflow_ingest_traces))
+        _progress(f"ingest round {r + 1}: mlflow {mlflow[-1]['stored_rate']:,.1f} traces/s stored "
+                  f"({mlflow[-1]['lost_pct']:.0f} % of sent lost)")  # fmt: skip
+    for run in tracehouse:
+        run.pop("rss_mib", None)
+    th_rate = spread([r["stored_rate"] for r in tracehouse])
+    ml_rate = spread([r["stored_rate"] for r in mlflow])
+    procs = tracehouse[0]["cpu_us_per_trace"]
+    cpu = {k: statistics.median(r["cpu_us_per_trace"][k] for r in tracehouse) for k in procs}
+    return {"tracehouse": {"stored_rate": th_rate, "cpu_us_per_trace": cpu, "runs": tracehouse},
+            "mlflow": {"stored_rate": ml_rate, "runs": mlflow},
+            "ratio": th_rate["median"] / max(ml_rate["median"], 1e-9)}  # fmt: skip
+
+
+def stage_soak(plan: Plan, workdir: Path) -> dict[str, Any]:
+    import _e2e
+
+    run = asyncio.run(_e2e.tracehouse_run(workdir, "soak", duration_s=plan.soak_s, rate=plan.soak_rate,
+                                          warmup_s=plan.soak_warmup_s, marker_every=1.0))  # fmt: skip
+    growth: dict[str, dict[str, float]] = {}
+    for proc, samples in run["rss_mib"].items():
+        after = [mib for t, mib in samples if plan.soak_warmup_s <= t <= plan.soak_s]
+        if len(after) >= 2:
+            base, tail = after[0], max(after[-max(1, len(after) // 4):])
+            growth[proc] = {"after_warmup_mib": base, "last_quarter_max_mib": tail,
+                            "growth_pct": 100 * (tail / base - 1)}  # fmt: skip
+    run["rss_growth"] = growth
+    return run
+
+
+def stage_queries(plan: Plan, workdir: Path) -> dict[str, Any]:
+    import _queries
+
+    result: dict[str, Any] = _queries.run_queries(
+        workdir, traces=plan.query_traces, mlflow_traces=plan.query_mlflow_traces, repeats=plan.query_repeats
+    )
+    return result
+
+
+RUNNERS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
+    "sdk": stage_sdk, "ingest": stage_ingest, "soak": stage_soak, "queries": stage_queries,
+}  # fmt: skip
+
+
+def _progress(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="every stage small: a smoke test, not a measurement")
+    p.add_argument("--out", type=Path, help="report directory (default benchmarks/reports/<UTC time>)")
+    p.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages of {', '.join(STAGES)}")
+    args = p.parse_args(argv)
+    stages = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    plan = QUICK if args.quick else FULL
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out_dir = args.out or HERE / "reports" / started.replace(":", "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)  # the sink runs in this process, tuned as `tracehouse sink` is
+    report: dict[str, Any] = {"started": started, "quick": args.quick, "machine": machine(), "versions": versions(),
+                              "plan": plan.__dict__, "stages": {}, "errors": {}}  # fmt: skip
+    from _report import render
+
+    for stage in stages:
+        _progress(f"stage {stage} …")
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=f"tracehouse-bench-{stage}-") as tmp:
+            try:
+                report["stages"][stage] = RUNNERS[stage](plan, Path(tmp))
+            except Exception as exc:  # one failing stage must not lose the others' figures
+                report["errors"][stage] = f"{type(exc).__name__}: {exc}"
+                _progress(f"stage {stage} failed: {exc!r}")
+        _progress(f"stage {stage} done in {time.monotonic() - t0:.0f} s")
+        (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        (out_dir / "report.md").write_text(render(report))
+    _progress(f"report: {out_dir / 'report.md'}")
+    print((out_dir / "report.md").read_text().split("\n## ", 1)[0])
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
