@@ -211,7 +211,8 @@ async def _drive(bootstrap: str, prefix: str, store: Any, sink: Any, sessionizer
         "complete": int(counts[1]) == sent and int(counts[4]) == sent and int(counts[5]) == sent
                     and int(counts[3]) == expected_sessions,
         "sdk": {k: summary.get(k) for k in ("dropped", "failed", "flushed", "max_rss_mb")},
-        "sink": {"batches": sink.stats().batches, "writes": getattr(sink.stats(), "writes", None)},
+        "sink": {"batches": sink.stats().batches, "writes": sink.stats().writes,
+                 "envelopes": sink.stats().envelopes, "lines": sink.stats().lines},
         "cpu_us_per_trace": {**cpu, "total": sum(cpu.values())},
         "freshness_ms": percentiles(fresh_ms) if fresh_ms else None,
         "rss_mib": probe.rss,
