@@ -179,7 +179,16 @@ async def _drive(bootstrap: str, prefix: str, store: Any, sink: Any, sessionizer
     while int(store.query("SELECT count() FROM traces")[0][0]) < sent and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     drained_s = time.monotonic() - t0
-    # The sessionizer's last flush emits the last session records and facts; the sink then writes them.
+    # The sessionizer may still be behind the sink: wait until its records and facts account for every
+    # trace sent (it flushes every 500 ms), then stop it (gracefully: a last flush, offsets committed).
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        turns, interactions = store.query(
+            "SELECT (SELECT sum(turns) FROM sessions FINAL), (SELECT sum(interactions) FROM user_rollups_daily)"
+        )[0]
+        if int(turns) >= sent and int(interactions) >= sent:
+            break
+        await asyncio.sleep(0.5)
     sessionizer.send_signal(signal.SIGTERM)
     await asyncio.to_thread(sessionizer.wait, 60)
     await asyncio.sleep(1.5)

@@ -28,10 +28,11 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     assert report["versions"]["mlflow"] == "3.17.2"
     # Every stage measured something real: traces went all the way through on both sides.
     ingest = report["stages"]["ingest"]
-    assert all(run["complete"] for run in ingest["tracehouse"]["runs"])
+    runs = ingest["tracehouse"]["runs"]
+    assert all(run["complete"] for run in runs), [run["stored"] for run in runs]
     assert all(run["stored"] > 0 for run in ingest["mlflow"]["runs"])
     soak = report["stages"]["soak"]
-    assert soak["complete"]
+    assert soak["complete"], soak["stored"]
     assert soak["freshness_ms"]["n"] >= 1
     assert report["stages"]["sdk"]["tracehouse"]["added_p50_us"]["median"] > 0
     assert set(report["stages"]["queries"]["search"]) >= {"user", "session"}

@@ -335,3 +335,56 @@ def test_sigkill_mid_stream_then_restart(broker: TansuBroker, topics: Topics, tm
     except AssertionError:
         print(log.read_text()[-5000:])
         raise
+
+
+def test_sigterm_flushes_what_was_folded_and_commits(broker: TansuBroker, topics: Topics, tmp_path: Path) -> None:
+    """The command-line worker's graceful stop: its timer never fires (10 min interval), so every record
+    on sessions.v1 comes from the flush SIGTERM makes, and the offsets it commits cover every event."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    work = generate(sessions=120, users=12, seed=5, per_envelope=4)
+    expected = {sid: expected_record(sid, evs, work.watermark[partition_of(sid)]) for sid, evs in work.sessions.items()}
+    app_id = f"sessionizer-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "tracehouse.processors.sessions", "--bootstrap", broker.bootstrap,
+           "--topic-prefix", topics.prefix, "--app-id", app_id, "--partitions", str(PARTITIONS),
+           "--flush-interval-ms", "600000", "--datadir", str(tmp_path / "faust"), "--loglevel", "INFO"]  # fmt: skip
+
+    async def committed() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=app_id, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topics.traces, p) for p in range(PARTITIONS)]
+            return {tp.partition: (await consumer.committed(tp)) or 0 for tp in tps}
+        finally:
+            await consumer.stop()
+
+    async def scenario() -> None:
+        await ensure_topics(broker.bootstrap, topics, partitions=PARTITIONS)
+        await publish(broker.bootstrap, topics.traces, work.envelopes)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})  # noqa: ASYNC220
+        try:
+            # Consuming 120 sessions takes well under a second once the worker is up; it has no other
+            # way to say it folded them (nothing is emitted before a flush), so give it ample time.
+            await asyncio.sleep(20)
+            async with SessionsReader(broker.bootstrap, topics.sessions) as reader:
+                await reader.poll()
+                assert reader.latest == {}, "the timer flushed: the test would not test the stop"
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(proc.wait, 60) == 0
+                await reader.until(
+                    lambda: {sid: observed(r) for sid, r in reader.latest.items()} == expected, 30, "all sessions"
+                )
+            per_partition = {p: sum(1 for q, _ in work.envelopes if q == p) for p in range(PARTITIONS)}
+            assert await committed() == per_partition
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    try:
+        asyncio.run(scenario())
+    except AssertionError:
+        print(log.read_text()[-5000:])
+        raise

@@ -1,12 +1,17 @@
-"""``python -m tracehouse.processors.sessions``: the sessionizer as a ``faust.Worker`` (until SIGTERM)."""
+"""``python -m tracehouse.processors.sessions``: the sessionizer as a ``faust.Worker`` until SIGTERM/SIGINT,
+which flushes what was folded and commits its offsets before the worker stops."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import Sequence
 
 from ._config import DEFAULT_PARTITIONS, DEFAULT_SESSIONIZER_ID, SessionizerConfig
+
+log = logging.getLogger(__name__)
+FINAL_FLUSH_TIMEOUT_S = 30.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,11 +56,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import faust
 
-    from ._worker import create_sessionizer
+    from ._worker import Sessionizer
 
-    app = create_sessionizer(config)
-    worker = faust.Worker(
-        app, loglevel=level, quiet=True, redirect_stdouts=False, override_logging=False, console_port=0
+    sessionizer = Sessionizer(config)
+
+    class _Worker(faust.Worker):
+        async def on_stop(self) -> None:
+            # A graceful stop first flushes what was folded (records, facts, state) and acks it; the
+            # consumer's own stop then commits those offsets, so a restart replays nothing. The
+            # worker's children (the app, its consumer) stop only after this returns.
+            try:
+                await asyncio.wait_for(sessionizer.flush(), FINAL_FLUSH_TIMEOUT_S)
+            except Exception as exc:  # the next owner replays from the committed offsets: nothing is lost
+                log.warning("final flush failed, the next owner replays its events: %r", exc)
+            await super().on_stop()
+
+    worker = _Worker(
+        sessionizer.app, loglevel=level, quiet=True, redirect_stdouts=False, override_logging=False, console_port=0
     )
     worker.execute_from_commandline()  # installs signal handlers, owns the loop; returns on SIGTERM
     return 0
