@@ -6,8 +6,10 @@ Each migration is a numbered list of idempotent statements. Applied versions are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._rebuild import rebuild_table
 from ._store import Store
 
 MIGRATIONS_TABLE = "_tracehouse_migrations"
@@ -18,9 +20,39 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    #: Idempotent data steps run after the statements (a table rebuilt under new settings).
+    steps: tuple[Callable[[Store], object], ...] = ()
 
 
 _PART_BY_MONTH = "PARTITION BY toYYYYMM(fromUnixTimestamp64Milli(timestamp_ms))"
+
+#: trace_tags' physical layout since migration 5. A page of search results hydrates the tags of 100
+#: traces scattered over the whole table, one primary-key range each: every range reads a whole
+#: granule and whole compressed blocks, so 8192-row granules read ~800 k rows for ~100 wanted
+#: (75 ms at 10 M traces; 256-row granules in 8 KiB blocks: 19 ms, same size on disk).
+_TAG_LAYOUT = "index_granularity = 256, min_compress_block_size = 8192, max_compress_block_size = 8192"
+
+
+def _trace_tags(name: str, layout: str = "") -> str:
+    """Mutable tags: an upsert log keyed by (trace, key). The newest version wins; a delete is a
+    row with is_deleted = 1, which FINAL hides."""
+    return f"""
+            CREATE TABLE IF NOT EXISTS {name} (
+                trace_id String,
+                key String,
+                value String,
+                version UInt64,
+                is_deleted UInt8,
+                INDEX ix_key key TYPE bloom_filter(0.01) GRANULARITY 1,
+                INDEX ix_value value TYPE bloom_filter(0.01) GRANULARITY 1
+            ) ENGINE = ReplacingMergeTree(version, is_deleted)
+            ORDER BY (trace_id, key)
+            SETTINGS non_replicated_deduplication_window = 10000{", " + layout if layout else ""}
+            """
+
+
+def _small_tag_granules(store: Store) -> bool:
+    return rebuild_table(store, "trace_tags", lambda name: _trace_tags(name, _TAG_LAYOUT), "index_granularity = 256")
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -91,19 +123,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
             # Mutable tags: an upsert log keyed by (trace, key). The newest version wins; a delete is a
             # row with is_deleted = 1, which FINAL hides.
-            """
-            CREATE TABLE IF NOT EXISTS trace_tags (
-                trace_id String,
-                key String,
-                value String,
-                version UInt64,
-                is_deleted UInt8,
-                INDEX ix_key key TYPE bloom_filter(0.01) GRANULARITY 1,
-                INDEX ix_value value TYPE bloom_filter(0.01) GRANULARITY 1
-            ) ENGINE = ReplacingMergeTree(version, is_deleted)
-            ORDER BY (trace_id, key)
-            SETTINGS non_replicated_deduplication_window = 10000
-            """,
+            _trace_tags("trace_tags"),
             # Feedback and expectations. value is the JSON value; value_text is the string form the
             # filter grammar compares (strings unquoted, true/false/numbers as JSON).
             """
@@ -286,6 +306,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        5,
+        "trace_tags in 256-row granules: hydrating a page of scattered traces reads 32x fewer rows",
+        (),
+        # A rebuild (index_granularity cannot be altered) that keeps rows written meanwhile.
+        steps=(_small_tag_granules,),
+    ),
 )
 
 
@@ -298,15 +325,18 @@ def applied_versions(store: Store) -> set[int]:
     return {int(r[0]) for r in store.query(f"SELECT version FROM {MIGRATIONS_TABLE} FINAL")}
 
 
-def migrate(store: Store) -> list[Migration]:
-    """Apply every migration not yet applied, in order. Returns those applied now."""
+def migrate(store: Store, upto: int | None = None) -> list[Migration]:
+    """Apply every migration not yet applied (up to version ``upto``, if given), in order. Returns
+    those applied now."""
     done = applied_versions(store)
     applied: list[Migration] = []
     for migration in MIGRATIONS:
-        if migration.version in done:
+        if migration.version in done or (upto is not None and migration.version > upto):
             continue
         for statement in migration.statements:
             store.command(statement)
+        for step in migration.steps:
+            step(store)
         store.insert(MIGRATIONS_TABLE, [(migration.version, migration.name)], ["version", "name"])
         applied.append(migration)
     return applied
