@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds, mlflow_server, percentiles, rss_mib, server_pids
+from _common import cpu_seconds, mlflow_server, percentiles, rss_mib, server_pids, thread_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,9 +47,11 @@ class _Probe:
     stored: list[tuple[float, int]] = field(default_factory=list)
     rss: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     cpu_marks: dict[str, dict[str, float]] = field(default_factory=dict)
+    sink_threads: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def mark_cpu(self, name: str) -> None:
         self.cpu_marks[name] = {proc: _safe_cpu(pid) for proc, pid in self.pids.items()}
+        self.sink_threads[name] = thread_cpu_seconds(os.getpid())
 
     def sample_rss(self, t: float) -> None:
         for proc, pid in self.pids.items():
@@ -208,6 +210,11 @@ async def _drive(bootstrap: str, prefix: str, store: Any, sink: Any, sessionizer
         proc: (probe.cpu_marks["end"][proc] - probe.cpu_marks["start"][proc]) / max(window_stored, 1) * 1e6
         for proc in probe.pids
     }
+    start_threads, end_threads = probe.sink_threads["start"], probe.sink_threads["end"]
+    sink_threads = {
+        name: round((end_threads[name] - start_threads.get(name, 0.0)) / max(window_stored, 1) * 1e6, 1)
+        for name in end_threads
+    }
     return {
         "duration_s": duration_s, "warmup_s": warmup_s, "rate_offered": rate or None,
         "sent": sent, "sent_rate": sent / float(summary["produce_s"]),
@@ -223,6 +230,9 @@ async def _drive(bootstrap: str, prefix: str, store: Any, sink: Any, sessionizer
         "sink": {"batches": sink.stats().batches, "writes": sink.stats().writes,
                  "envelopes": sink.stats().envelopes, "lines": sink.stats().lines},
         "cpu_us_per_trace": {**cpu, "total": sum(cpu.values())},
+        # the sink process by thread: the event loop (decode, rows, the chDB insert call) and chDB's
+        # own pools (merges, which a ClickHouse server would run on its own machine)
+        "sink_threads_us_per_trace": {k: v for k, v in sorted(sink_threads.items(), key=lambda kv: -kv[1]) if v},
         "freshness_ms": percentiles(fresh_ms) if fresh_ms else None,
         "rss_mib": probe.rss,
         "stored_samples": probe.stored[::4],

@@ -17,8 +17,9 @@ from ._entities import TraceState
 from ._paging import decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 
-#: The traces of the store, deduplicated (FINAL + one row per trace id), with only the columns read.
-_TRACES = "(SELECT {columns} FROM traces FINAL WHERE {where} LIMIT 1 BY trace_id)"
+#: The traces of the store, one row per trace id, with only the columns read. No ``FINAL``: a trace
+#: row is written once (first write wins in the sink), so the only duplicates are identical replays.
+_TRACES = "(SELECT {columns} FROM traces WHERE {where} LIMIT 1 BY trace_id)"
 _SUMMARY_COLUMNS = (
     "trace_id, session_id, execution_time_ms, state, timestamp_ms, input_tokens, output_tokens, total_tokens"
 )

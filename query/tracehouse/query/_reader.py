@@ -63,8 +63,12 @@ def _regex_error(exc: Exception, comparisons: Sequence[Comparison]) -> InvalidFi
 class TraceReader:
     """Searches and reads traces of a :class:`~tracehouse.storage.Store`.
 
-    All reads use ``FINAL`` and parameterised SQL; a page costs one query for the traces plus one each
-    for their tags, assessments and (if asked) spans.
+    Reads are parameterised SQL; a page costs one query for the traces plus one each for their tags,
+    assessments and (if asked) spans. Tags, assessments and spans are read with ``FINAL`` (tags and
+    assessments change). The search itself is not: a trace row is written once (the sink lets the
+    first write of a trace id win), so the only duplicates are identical replays, which
+    ``LIMIT 1 BY trace_id`` hides; ``FINAL`` made the sort-key expansion read up to 5x the granules
+    of wide columns (session filter at 10 M traces: 44 -> 15 ms).
     """
 
     #: Most traces one :meth:`search_traces` call returns; larger ``max_results`` are capped.
@@ -121,7 +125,7 @@ class TraceReader:
             where.append(keyset_predicate(columns, body["k"], params))
         select = ", ".join([TRACE_SELECT, *(f"{c.expr} AS _s{i}" for i, c in enumerate(columns))])
         sql = (
-            f"SELECT {select} FROM traces AS t FINAL {' '.join(joins)} "
+            f"SELECT {select} FROM traces AS t {' '.join(joins)} "
             f"WHERE {' AND '.join(where) or '1'} "
             f"ORDER BY {order_by_sql(columns)} LIMIT 1 BY t.trace_id LIMIT {int(limit)}"
         )
