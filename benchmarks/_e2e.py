@@ -98,6 +98,11 @@ async def tracehouse_run(workdir: Path, run: str, *, duration_s: float, rate: fl
         sink = Sink(SinkConfig.resolve(bootstrap=broker.bootstrap, topic_prefix=topics.prefix, store_uri=store.uri,
                                        group_id=f"sink-{run}"), store)  # fmt: skip
         sink_task = asyncio.create_task(sink.run())
+        # The load starts once the sink has joined its group: the warm-up then covers the app's own
+        # start, not the consumer group's (which took up to 8 s and left short runs' windows empty).
+        deadline = time.monotonic() + 60
+        while not sink.stats().assigned and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
         try:
             pids = {"broker (Tansu)": broker.pid or 0, "sessionizer": sessionizer.pid, "sink": os.getpid()}
             result = await _drive(broker.bootstrap, topics.prefix, store, sink, sessionizer, pids,

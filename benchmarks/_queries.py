@@ -733,8 +733,8 @@ def build_mlflow(workdir: Path, rows: Sequence[dict[str, Any]]) -> tuple[Path, d
     return db, info
 
 
-def run_queries(workdir: Path, *, traces: int, mlflow_traces: int, repeats: int, optimize_tables: bool = True
-                ) -> dict[str, Any]:  # fmt: skip
+def run_queries(workdir: Path, *, traces: int, mlflow_traces: int, repeats: int, optimize_tables: bool = True,
+                settle_s: float = SETTLE_S) -> dict[str, Any]:  # fmt: skip
     """The query-latency stage (see the module docstring). ``workdir`` receives both stores and the
     servers' logs. Returns a JSON-serialisable result."""
     if traces < 2 * sum(GIANT_TURNS) or mlflow_traces < 1_000 or repeats < 1:
@@ -750,7 +750,7 @@ def run_queries(workdir: Path, *, traces: int, mlflow_traces: int, repeats: int,
     with (tracehouse_server(workdir, uri) as th_url, mlflow_server(workdir, db) as ml_url,
           httpx.Client(timeout=300) as client):  # fmt: skip
         urls = {"tracehouse": th_url, "mlflow": ml_url}
-        time.sleep(SETTLE_S)  # MLflow's job runner and its consumers finish starting, then idle
+        time.sleep(settle_s)  # MLflow's job runner and its consumers finish starting, then idle
         load = [os.getloadavg()[0]]
         for i in range(WARMUP + repeats):
             run_round(client, urls, targets, i, samples if i >= WARMUP else None)

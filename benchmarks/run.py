@@ -60,14 +60,15 @@ class Plan:
     query_traces: int
     query_mlflow_traces: int
     query_repeats: int
+    query_settle_s: float  # MLflow's server finishes starting its job runner before the queries
 
 
 FULL = Plan(sdk_calls=100_000, sdk_rounds=2, ingest_rounds=2, ingest_s=60, ingest_warmup_s=10, mlflow_ingest_s=60,
             mlflow_ingest_traces=0, soak_s=360, soak_warmup_s=180, soak_rate=5000, query_traces=10_000_000,
-            query_mlflow_traces=100_000, query_repeats=50)  # fmt: skip
-QUICK = Plan(sdk_calls=3_000, sdk_rounds=1, ingest_rounds=1, ingest_s=8, ingest_warmup_s=3, mlflow_ingest_s=5,
-             mlflow_ingest_traces=40, soak_s=8, soak_warmup_s=3, soak_rate=1000, query_traces=110_000,
-             query_mlflow_traces=1_000, query_repeats=3)  # fmt: skip
+            query_mlflow_traces=100_000, query_repeats=50, query_settle_s=10)  # fmt: skip
+QUICK = Plan(sdk_calls=1_000, sdk_rounds=1, ingest_rounds=1, ingest_s=8, ingest_warmup_s=3, mlflow_ingest_s=3,
+             mlflow_ingest_traces=20, soak_s=6, soak_warmup_s=2, soak_rate=1000, query_traces=110_000,
+             query_mlflow_traces=1_000, query_repeats=3, query_settle_s=1)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -139,7 +140,8 @@ def stage_queries(plan: Plan, workdir: Path) -> dict[str, Any]:
     import _queries
 
     result: dict[str, Any] = _queries.run_queries(
-        workdir, traces=plan.query_traces, mlflow_traces=plan.query_mlflow_traces, repeats=plan.query_repeats
+        workdir, traces=plan.query_traces, mlflow_traces=plan.query_mlflow_traces, repeats=plan.query_repeats,
+        settle_s=plan.query_settle_s,
     )
     return result
 
