@@ -686,7 +686,13 @@ class Sink:
             self._ledger.record(batch.topic, batch.partition, batch.first_offset, batch.last_offset)
             batch.ledgered = True
         if not batch.written:
-            batch.rows_written = write_batch(self._store, batch.rows, batch.token(self.config.group_id))
+            # A replay, or a batch first written in a group, was checked against what is stored just
+            # above: its token adds nothing, and may be one ClickHouse logged for a part it never
+            # committed (a crash in between), which would drop the replay. Rollup facts have no
+            # stored rows to check against: they keep their token (see docs/architecture.md).
+            exact = (batch.replaying or batch.group is not None) and batch.topic != self.config.rollups_topic
+            batch.rows_written = write_batch(self._store, batch.rows, batch.token(self.config.group_id),
+                                             deduplicate=not exact)  # fmt: skip
             batch.written = True
             self._writes += 1
         if batch.marks and not batch.marked:

@@ -26,15 +26,23 @@ _WRITE_ORDER = (*(t for t in TABLES if t != "traces"), "traces")
 _INSERT_SETTINGS = {"max_partitions_per_insert_block": 1000, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
-def write_batch(store: Store, batch: RowBatch, token: str | None = None) -> int:
-    """Insert every non-empty table of ``batch``. Returns the number of rows written."""
+def write_batch(store: Store, batch: RowBatch, token: str | None = None, *, deduplicate: bool = True) -> int:
+    """Insert every non-empty table of ``batch``. Returns the number of rows written.
+
+    ``deduplicate=False`` turns ClickHouse's block deduplication off, for a batch made exact by
+    checking what is stored (:func:`drop_stored`, first write wins). A non-replicated MergeTree
+    records a block's token in its deduplication log *before* it commits the part, so a process
+    killed in between leaves a token whose rows were never stored: a replay under that token (or of
+    identical rows, hashed) would be dropped as a duplicate and lost."""
     written = 0
     for table in _WRITE_ORDER:
         rows = batch.rows[table]
         if not rows:
             continue
         settings: dict[str, object] = dict(_INSERT_SETTINGS)
-        if token:
+        if not deduplicate:
+            settings["insert_deduplicate"] = 0
+        elif token:
             settings["insert_deduplication_token"] = f"{token}:{table}"
         store.insert(table, rows, TABLES[table], settings=settings)
         written += len(rows)
