@@ -66,8 +66,8 @@ class Plan:
 FULL = Plan(sdk_calls=100_000, sdk_rounds=2, ingest_rounds=2, ingest_s=60, ingest_warmup_s=10, mlflow_ingest_s=60,
             mlflow_ingest_traces=0, soak_s=360, soak_warmup_s=180, soak_rate=5000, query_traces=10_000_000,
             query_mlflow_traces=100_000, query_repeats=50, query_settle_s=10)  # fmt: skip
-QUICK = Plan(sdk_calls=1_000, sdk_rounds=1, ingest_rounds=1, ingest_s=8, ingest_warmup_s=3, mlflow_ingest_s=3,
-             mlflow_ingest_traces=20, soak_s=6, soak_warmup_s=2, soak_rate=1000, query_traces=110_000,
+QUICK = Plan(sdk_calls=1_000, sdk_rounds=1, ingest_rounds=1, ingest_s=5, ingest_warmup_s=2, mlflow_ingest_s=3,
+             mlflow_ingest_traces=20, soak_s=5, soak_warmup_s=2, soak_rate=1000, query_traces=110_000,
              query_mlflow_traces=1_000, query_repeats=3, query_settle_s=1)  # fmt: skip
 
 
