@@ -59,3 +59,14 @@ def test_identity_aliases_and_precedence() -> None:
 def test_json_schema_files_are_current() -> None:
     for name, schema in generate().items():
         assert (SCHEMA_DIR / name).read_text() == render(schema), f"regenerate {name}"
+
+
+def test_rendered_schemas_do_not_depend_on_how_msgspec_indents_descriptions() -> None:
+    """msgspec 0.22 kept a docstring's indentation in ``description``, 0.23 dedents it: the files are the
+    same under both because render() cleans every description."""
+    from tracehouse.schemas._jsonschema import render
+
+    indented = {"$defs": {"X": {"description": "First line\n    second line\n\n    third"}}, "description": "a\n  b"}
+    dedented = {"$defs": {"X": {"description": "First line\nsecond line\n\nthird"}}, "description": "a\nb"}
+    assert render(indented) == render(dedented)
+    assert '"First line\\nsecond line\\n\\nthird"' in render(indented)
