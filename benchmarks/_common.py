@@ -108,7 +108,7 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, name: str = "mlflow") -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     """A real ``mlflow server`` with a SQLite backend on loopback: ``(url, db path, process)``."""
-    from tracehouse.embedded import free_port
+    from tracehouse.app.embedded import free_port
 
     db = workdir / f"{name}.db"
     port = free_port()

@@ -79,7 +79,7 @@ def _stored_at(samples: list[tuple[float, int]], t: float) -> tuple[float, int]:
 async def tracehouse_run(workdir: Path, run: str, *, duration_s: float, rate: float, warmup_s: float,
                          partitions: int = 8, marker_every: float = 0.0,
                          sessionizer_args: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
-    from tracehouse.embedded import TansuBroker, ensure_topics
+    from tracehouse.app.embedded import TansuBroker, ensure_topics
     from tracehouse.processors import Sink, SinkConfig
     from tracehouse.schemas import Topics
     from tracehouse.storage import Store, migrate

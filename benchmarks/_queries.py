@@ -83,7 +83,7 @@ from typing import Any, Final
 
 import httpx
 
-from tracehouse.embedded import free_port
+from tracehouse.app.embedded import free_port
 from tracehouse.storage import Store, migrate
 
 BASE_MS: Final = 1_790_812_800_000  # 2026-10-01T00:00:00Z
@@ -540,7 +540,7 @@ def serve(argv: list[str], workdir: Path, name: str, port: int) -> Iterator[str]
 
 def tracehouse_server(workdir: Path, store_uri: str) -> contextlib.AbstractContextManager[str]:
     port = free_port()
-    argv = [sys.executable, "-m", "tracehouse.query.cli", "serve", "--store", store_uri, "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "tracehouse.app", "serve", "--store", store_uri, "--host", "127.0.0.1",
             "--port", str(port)]  # fmt: skip
     return serve(argv, workdir, "tracehouse-server", port)
 

@@ -24,7 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from tracehouse.embedded import TansuBroker, ensure_topics
+from tracehouse.app.embedded import TansuBroker, ensure_topics
 from tracehouse.processors import Sink, SinkConfig
 from tracehouse.schemas import Topics
 from tracehouse.storage import Store, migrate

@@ -93,7 +93,7 @@ def _backends() -> Iterator[dict[str, str]]:
     import tempfile
     import urllib.request
 
-    from tracehouse.embedded import TansuBroker, ensure_topics, free_port
+    from tracehouse.app.embedded import TansuBroker, ensure_topics, free_port
     from tracehouse.schemas import Topics
 
     with tempfile.TemporaryDirectory() as tmp, TansuBroker(log_path=Path(tmp, "tansu.log")) as broker:

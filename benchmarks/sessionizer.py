@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from tracehouse.embedded import TansuBroker, ensure_topics, free_port
+from tracehouse.app.embedded import TansuBroker, ensure_topics, free_port
 from tracehouse.processors.sessions import Sessionizer, SessionizerConfig, run_sessionizer
 from tracehouse.schemas import Topics, encode_envelope, envelope_headers
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import uvicorn
 
-from tracehouse.embedded import free_port
-from tracehouse.query._server import create_app
+from tracehouse.app.embedded import free_port
+from tracehouse.app.server import create_app
 from tracehouse.storage import Store
 
 

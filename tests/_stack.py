@@ -14,11 +14,10 @@ from typing import Literal
 
 import uvicorn
 
-from tracehouse.embedded import TansuBroker, ensure_topics, free_port
+from tracehouse.app.embedded import TansuBroker, ensure_topics, free_port
+from tracehouse.app.server import AuthConfig, create_app
 from tracehouse.gateway import Gateway, GatewayConfig, sink_waiter
 from tracehouse.processors import Sink, SinkConfig
-from tracehouse.query._auth import AuthConfig
-from tracehouse.query._server import create_app
 from tracehouse.schemas import Topics
 from tracehouse.storage import Store
 

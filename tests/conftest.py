@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracehouse.embedded import TansuBroker
+from tracehouse.app.embedded import TansuBroker
 from tracehouse.schemas import Topics
 from tracehouse.storage import Store, migrate
 

@@ -11,7 +11,7 @@ import pytest
 from _workload import chat_workload
 from click.testing import CliRunner
 
-from tracehouse.query.cli import main
+from tracehouse.app.cli import main
 from tracehouse.schemas import TraceEvent
 from tracehouse.storage import RowBatch, Store, latest_version, migrate, write_batch
 

@@ -9,7 +9,7 @@ import pytest
 from _serve import serving
 from _workload import chat_workload
 
-from tracehouse.embedded import free_port
+from tracehouse.app.embedded import free_port
 from tracehouse.query import RemoteError, TraceClient
 from tracehouse.schemas import TraceEvent
 from tracehouse.storage import RowBatch, Store, write_batch

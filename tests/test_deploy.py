@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tracehouse.query.cli import main
+from tracehouse.app.cli import main
 from tracehouse.storage._store import _client_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_service_commands_exist_and_parse(name: str) -> None:
 
 def test_environment_variables_are_read_by_the_code() -> None:
     env = TRACEHOUSE_SERVICES["sink"]["environment"]
-    sources = "\n".join(p.read_text() for root in ("producers", "processors", "query")
+    sources = "\n".join(p.read_text() for root in ("schemas", "producers", "storage", "processors", "query", "app")
                         for p in (ROOT / root).rglob("*.py"))  # fmt: skip
     for var in env:
         assert var in sources, f"{var} is set in compose.yaml but read nowhere"

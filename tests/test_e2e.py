@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 import tracehouse
-from tracehouse.embedded import TansuBroker, ensure_topics, free_port
+from tracehouse.app.embedded import TansuBroker, ensure_topics, free_port
 from tracehouse.processors import Sink, SinkConfig
 from tracehouse.query import TraceClient
 from tracehouse.schemas import Topics
@@ -194,7 +194,7 @@ def test_middleware_headers_become_searchable_identity(pipeline: tuple[Store, Ru
 
 
 def _tracehouse(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracehouse.query.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tracehouse.app", *args], capture_output=True, text=True,
                           timeout=120, env=env)  # fmt: skip
 
 
@@ -204,7 +204,7 @@ def _up_with_demo(data_dir: Path, queries: bool) -> tuple[int, list[str]]:
     port, kafka_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tracehouse.query.cli", "up", "--port", str(port), "--kafka-port", str(kafka_port),
+        [sys.executable, "-m", "tracehouse.app", "up", "--port", str(port), "--kafka-port", str(kafka_port),
          "--data-dir", str(data_dir), "--partitions", "4", "--demo"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip

@@ -16,11 +16,11 @@ from _stack import serving_stack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracehouse.embedded import TansuBroker
-from tracehouse.gateway import Gateway, GatewayConfig, InvalidRequest, artifact_spans, event_key, trace_info_events
-from tracehouse.query._auth import AuthConfig
-from tracehouse.query._server import create_app
+from tracehouse.app.embedded import TansuBroker
+from tracehouse.app.server import AuthConfig, create_app
+from tracehouse.gateway import Gateway, GatewayConfig, artifact_spans, event_key, trace_info_events
 from tracehouse.schemas import Topics
+from tracehouse.schemas.errors import InvalidRequest
 from tracehouse.storage import Store
 
 TRACE = "tr-" + "ab" * 16

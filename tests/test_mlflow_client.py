@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from _stack import serving_stack
 
-from tracehouse.embedded import TansuBroker
-from tracehouse.query._auth import AuthConfig
+from tracehouse.app.embedded import TansuBroker
+from tracehouse.app.server import AuthConfig
 from tracehouse.schemas import Topics
 from tracehouse.storage import Store
 

@@ -21,7 +21,7 @@ from _stack import serving_stack
 from google.protobuf.json_format import ParseDict  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tracehouse.embedded import TansuBroker
+from tracehouse.app.embedded import TansuBroker
 from tracehouse.schemas import Topics
 from tracehouse.storage import Store
 

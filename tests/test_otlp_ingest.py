@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from tracehouse.embedded import TansuBroker
+from tracehouse.app.embedded import TansuBroker
 from tracehouse.schemas import Topics
 from tracehouse.storage import Store
 

@@ -23,7 +23,7 @@ import pytest
 from test_sessionizer import expected_record
 from test_sink_kafka import FAST, eventually, group_committed
 
-from tracehouse.embedded import TansuBroker, ensure_topics
+from tracehouse.app.embedded import TansuBroker, ensure_topics
 from tracehouse.processors import Ledger, Rejection, Sink, SinkConfig, batch_token, validate_line
 from tracehouse.processors.sessions import Sessionizer, SessionizerConfig, quantile, run_sessionizer
 from tracehouse.query import TraceReader, get_user, list_users, user_summary

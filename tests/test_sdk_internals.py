@@ -21,10 +21,10 @@ from aiokafka.partitioner import DefaultPartitioner
 import tracehouse
 from tracehouse.producers._binding import Binder
 from tracehouse.producers._config import TracehouseConfig, resolve_config
-from tracehouse.producers._envelopes import build_batch, partition_for
-from tracehouse.producers._events import partition_key
+from tracehouse.producers._envelopes import build_batch
 from tracehouse.producers._serialize import set_limits, to_jsonable
 from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, decode_event, example, split_envelope
+from tracehouse.schemas.kafka import partition_for, partition_key
 
 
 @pytest.fixture

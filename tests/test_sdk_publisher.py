@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
 import tracehouse
-from tracehouse.embedded import TansuBroker, free_port
+from tracehouse.app.embedded import TansuBroker, free_port
 from tracehouse.schemas import (
     HEADER_COUNT,
     HEADER_FORMAT,

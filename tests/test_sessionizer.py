@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from tracehouse.embedded import TansuBroker, ensure_topics
+from tracehouse.app.embedded import TansuBroker, ensure_topics
 from tracehouse.processors.sessions import Sessionizer, SessionizerConfig, run_sessionizer
 from tracehouse.schemas import (
     SessionRecord,

@@ -17,7 +17,8 @@ from _serve import serving
 from _workload import chat_workload
 from click.testing import CliRunner
 
-from tracehouse.embedded import TansuBroker, ensure_topics
+from tracehouse.app.cli import main
+from tracehouse.app.embedded import TansuBroker, ensure_topics
 from tracehouse.processors import Sink
 from tracehouse.query import (
     InvalidOrderByError,
@@ -27,7 +28,6 @@ from tracehouse.query import (
     TraceReader,
     session_feedback,
 )
-from tracehouse.query.cli import main
 from tracehouse.schemas import AssessmentEvent, SessionRecord, Topics, TraceEvent, encode_envelope
 from tracehouse.storage import RowBatch, Store, migrate, write_batch
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from test_sink_kafka import config, count, create_topics, eventually, make_trace, publish, running
 
-from tracehouse.embedded import TansuBroker
+from tracehouse.app.embedded import TansuBroker
 from tracehouse.processors import Sink
 from tracehouse.schemas import Topics, decode_event, encode_envelope, example
 from tracehouse.storage import RowBatch, Store, existing_trace_ids, write_batch

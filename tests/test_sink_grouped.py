@@ -23,7 +23,7 @@ from test_sink_kafka import (
     tp_offsets,
 )
 
-from tracehouse.embedded import TansuBroker
+from tracehouse.app.embedded import TansuBroker
 from tracehouse.processors import Ledger, Rejection, Sink, validate_line
 from tracehouse.schemas import Topics
 from tracehouse.storage import RowBatch, Store, write_batch

@@ -23,7 +23,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tracehouse.embedded import TansuBroker
+from tracehouse.app.cli import processors_main as cli_main
+from tracehouse.app.embedded import TansuBroker
 from tracehouse.processors import (
     WHOLE_MESSAGE,
     Ledger,
@@ -34,7 +35,6 @@ from tracehouse.processors import (
     read_dlq,
     validate_line,
 )
-from tracehouse.processors._cli import main as cli_main
 from tracehouse.schemas import Topics, encode_envelope, example
 from tracehouse.storage import RowBatch, Store, write_batch
 

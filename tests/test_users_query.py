@@ -14,6 +14,7 @@ import pytest
 from _serve import serving
 from click.testing import CliRunner
 
+from tracehouse.app.cli import main
 from tracehouse.processors.sessions import quantile
 from tracehouse.query import (
     USER_DATAFRAME_COLUMNS,
@@ -26,7 +27,6 @@ from tracehouse.query import (
     list_users,
     user_summary,
 )
-from tracehouse.query.cli import main
 from tracehouse.schemas import TraceEvent, UserTraceFact
 from tracehouse.storage import RowBatch, Store, migrate, write_batch
 

@@ -4,8 +4,9 @@
 lazily, the query client (``tracehouse.TraceClient``). Importing starts nothing: no thread,
 socket or file exists until the SDK publishes its first event or a client is created.
 
-``tracehouse`` is one import package assembled from several source roots (``producers/``,
-``schemas/``, ``processors/``, ``query/``); the line below lets each contribute its subpackage.
+``tracehouse`` is one import package assembled from several source roots, one per layer (``schemas/``,
+``producers/``, ``storage/``, ``processors/``, ``query/``, ``app/``); the line below lets each
+contribute its subpackages. No module of the package imports this one: it only hands names on.
 """
 
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
@@ -38,6 +39,7 @@ from tracehouse.producers import (
     trace,
     update_current_trace,
 )
+from tracehouse.schemas.errors import TracehouseError
 
 _LAZY_QUERY = ("TraceClient", "search_traces")
 
@@ -68,6 +70,7 @@ __all__ = [
     "SpanType",
     "TraceClient",
     "TracehouseConfig",
+    "TracehouseError",
     "TracehouseMiddleware",
     "configure",
     "delete_trace_tag",

@@ -5,6 +5,8 @@ offset-derived deduplication tokens make a replay after a crash a no-op.
 Run it with ``python -m tracehouse.processors sink --bootstrap HOST:PORT --store chdb:///path``.
 """
 
+from tracehouse.storage import LEDGER_TABLE, Ledger
+
 from ._batch import advance_mark, batch_token
 from ._config import (
     DEFAULT_BOOTSTRAP,
@@ -27,7 +29,6 @@ from ._dlq import (
     DeadLetter,
     read_dlq,
 )
-from ._ledger import LEDGER_TABLE, Ledger
 from ._sink import Sink, SinkStats
 from ._validate import Rejection, check_event, validate_line
 

@@ -1,5 +1,6 @@
-"""``python -m tracehouse.processors sink|dlq ...``"""
+"""``python -m tracehouse.processors sink|dlq ...``: the app's ``tracehouse sink`` / ``tracehouse dlq``
+commands under their old name (a shim; the command line lives in the app layer)."""
 
-from ._cli import main
+from tracehouse.app.cli import processors_main
 
-raise SystemExit(main())
+raise SystemExit(processors_main())

@@ -1,7 +1,8 @@
 """The sink's configuration: declared once, typed, frozen.
 
-Precedence is explicit argument > environment > default. The environment is read only when
-:meth:`SinkConfig.resolve` is called, never at import time.
+Precedence is explicit argument > environment > default (the variables and defaults are declared in
+:mod:`tracehouse.schemas.settings`). The environment is read only when :meth:`SinkConfig.resolve` is
+called, never at import time.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
+from tracehouse.schemas import Topics
+from tracehouse.schemas import settings as s
+from tracehouse.schemas.errors import ConfigurationError
 
-from ._env import pick
+ENV_BOOTSTRAP: Final = s.KAFKA_BOOTSTRAP.env
+ENV_TOPIC_PREFIX: Final = s.TOPIC_PREFIX.env
+ENV_STORE_URI: Final = s.STORE_URI.env
 
-ENV_BOOTSTRAP: Final = "TRACEHOUSE_KAFKA_BOOTSTRAP"
-ENV_TOPIC_PREFIX: Final = "TRACEHOUSE_TOPIC_PREFIX"
-ENV_STORE_URI: Final = "TRACEHOUSE_STORE_URI"
-
-DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
-DEFAULT_STORE_URI: Final = "chdb://.tracehouse/chdb"
-DEFAULT_GROUP_ID: Final = "tracehouse-sink"
+DEFAULT_BOOTSTRAP: Final = s.KAFKA_BOOTSTRAP.default
+DEFAULT_STORE_URI: Final = s.STORE_URI.default
+DEFAULT_GROUP_ID: Final = s.SINK_GROUP.default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,7 +31,7 @@ class SinkConfig:
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
     bootstrap: str = DEFAULT_BOOTSTRAP
     #: Prefix of every tracehouse topic (see :class:`tracehouse.schemas.Topics`).
-    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    topic_prefix: str = s.TOPIC_PREFIX.default
     #: Where rows go: ``chdb:///path`` or ``clickhouse://user:pass@host:8123/db``.
     store_uri: str = DEFAULT_STORE_URI
     #: Consumer group. The ledger and the deduplication tokens are scoped by it.
@@ -71,14 +72,14 @@ class SinkConfig:
     def __post_init__(self) -> None:
         for name in ("max_batch_rows", "max_batch_bytes", "max_poll_records", "max_partition_fetch_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+                raise ConfigurationError(f"{name} must be at least 1")
         for name in ("max_batch_age_ms", "poll_timeout_ms", "retry_backoff_ms"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+                raise ConfigurationError(f"{name} must not be negative")
         if self.retry_backoff_max_ms < self.retry_backoff_ms:
-            raise ValueError("retry_backoff_max_ms must be at least retry_backoff_ms")
+            raise ConfigurationError("retry_backoff_max_ms must be at least retry_backoff_ms")
         if not self.group_id:
-            raise ValueError("group_id must not be empty")
+            raise ConfigurationError("group_id must not be empty")
 
     @classmethod
     def resolve(
@@ -87,15 +88,17 @@ class SinkConfig:
         bootstrap: str | None = None,
         topic_prefix: str | None = None,
         store_uri: str | None = None,
+        group_id: str | None = None,
         env: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> SinkConfig:
         """Resolve explicit arguments, then ``TRACEHOUSE_*`` variables of ``env`` (default:
         ``os.environ``), then defaults. ``overrides`` are any other field, passed as they are."""
         return cls(
-            bootstrap=pick(bootstrap, ENV_BOOTSTRAP, DEFAULT_BOOTSTRAP, env),
-            topic_prefix=pick(topic_prefix, ENV_TOPIC_PREFIX, DEFAULT_TOPIC_PREFIX, env),
-            store_uri=pick(store_uri, ENV_STORE_URI, DEFAULT_STORE_URI, env),
+            bootstrap=s.KAFKA_BOOTSTRAP.read(bootstrap, env),
+            topic_prefix=s.TOPIC_PREFIX.read(topic_prefix, env),
+            store_uri=s.STORE_URI.read(store_uri, env),
+            group_id=s.SINK_GROUP.read(group_id, env),
             **overrides,
         )
 

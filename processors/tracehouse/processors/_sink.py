@@ -50,12 +50,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from tracehouse.schemas import FORMAT_NDJSON, HEADER_FORMAT, UserTraceFact, split_envelope
-from tracehouse.storage import RowBatch, Store, drop_stored, existing_trace_ids, write_batch
+from tracehouse.storage import Ledger, RowBatch, Store, drop_stored, existing_trace_ids, write_batch
 
 from ._batch import BatchLimits, PartitionBatch, advance_mark
 from ._config import SinkConfig
 from ._dlq import WHOLE_MESSAGE, DeadLetter, DeadLetterProducer, DeadLetterWarnings
-from ._ledger import Ledger
 from ._validate import Rejection, validate_line
 
 log = logging.getLogger("tracehouse.sink")

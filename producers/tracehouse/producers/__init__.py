@@ -19,6 +19,8 @@ finished trace. Tracing never raises into the application; explicit misuse of th
 APIs does (:class:`ImmutableMetadataError`, :class:`ValueError`).
 """
 
+from tracehouse.schemas.errors import ImmutableMetadataError
+
 from ._api import (
     SpanScope,
     get_current_active_span,
@@ -28,12 +30,11 @@ from ._api import (
 )
 from ._config import TracehouseConfig
 from ._decorator import trace
-from ._errors import ImmutableMetadataError
 from ._feedback import AssessmentSource, AssessmentSourceType, log_expectation, log_feedback
 from ._lifecycle import configure, flush, get_config, shutdown, stats
 from ._middleware import TracehouseMiddleware
-from ._sinks import PublisherStats
-from ._span import LiveSpan, NoOpSpan, SpanType
+from ._publishers import PublisherStats
+from ._record import LiveSpan, NoOpSpan, SpanType
 from ._tags import delete_trace_tag, set_trace_tag
 
 __all__ = [

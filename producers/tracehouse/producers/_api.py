@@ -12,8 +12,8 @@ from typing import Any, Final
 from tracehouse.schemas import IMMUTABLE_TAGS, TRACE_SESSION, TRACE_USER
 
 from ._context import CURRENT_SPAN, deactivate, last_trace_id
+from ._record import LiveSpan, NoOpSpan, SpanType
 from ._runtime import RUNTIME
-from ._span import LiveSpan, NoOpSpan, SpanType
 from ._tags import IDENTITY_KEYS
 from ._trace import open_span
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
-from ._span import LiveSpan
+from ._record import LiveSpan
 
 CURRENT_SPAN: ContextVar[LiveSpan | None] = ContextVar("tracehouse_current_span", default=None)
 _LAST_TRACE_ID: ContextVar[str | None] = ContextVar("tracehouse_last_trace_id", default=None)

@@ -18,9 +18,9 @@ from tracehouse.schemas import SPAN_FUNCTION_NAME, SPAN_INPUTS, SPAN_OUTPUTS
 
 from ._binding import Binder
 from ._context import CURRENT_SPAN, deactivate
+from ._record import LiveSpan, SpanType
 from ._runtime import RUNTIME
 from ._serialize import _limits, to_jsonable
-from ._span import LiveSpan, SpanType
 from ._trace import open_span
 
 P = ParamSpec("P")

@@ -1,7 +1,7 @@
-"""Build the wire events (plain dicts in the shapes of ``tracehouse.schemas``) and their partition keys.
+"""Build the wire events: plain dicts in the shapes of ``tracehouse.schemas``.
 
 ``build_trace_event`` runs in the publisher thread (or synchronously for an ``exporter``): the
-application thread only hands over the finished :class:`~._trace.TraceState`.
+application thread only hands over the finished :class:`~._record.TraceRecord`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
@@ -24,14 +24,10 @@ from tracehouse.schemas import (
     TRACE_OUTPUTS,
     TRACE_SCHEMA_VERSION,
     TRACE_TOKEN_USAGE,
-    resolve_identity,
 )
 
+from ._record import LiveSpan, TraceRecord
 from ._serialize import truncate
-
-if TYPE_CHECKING:
-    from ._span import LiveSpan
-    from ._trace import TraceState
 
 #: MLflow truncates ``mlflow.traceInputs`` / ``mlflow.traceOutputs`` and the previews to 250 characters.
 PREVIEW_CHARS: Final = 250
@@ -45,14 +41,13 @@ __all__ = [
     "assessment_event",
     "build_trace_event",
     "materialize",
-    "partition_key",
     "string_map",
     "tag_delete_event",
     "tag_set_event",
 ]
 
 
-def materialize(item: dict[str, Any] | TraceState) -> dict[str, Any]:
+def materialize(item: dict[str, Any] | TraceRecord) -> dict[str, Any]:
     """The event dict of a queued item (a ready dict, or a finished trace)."""
     if isinstance(item, dict):
         return item
@@ -124,7 +119,7 @@ def _token_usage(spans: list[LiveSpan]) -> str | None:
     return json.dumps(totals) if found else None
 
 
-def build_trace_event(trace: TraceState) -> dict[str, Any]:
+def build_trace_event(trace: TraceRecord) -> dict[str, Any]:
     """The ``trace`` event of a finished trace (MLflow trace info + all spans)."""
     root = trace.root
     if root is None:  # pragma: no cover - a trace always has its root
@@ -225,24 +220,3 @@ def assessment_event(
     if metadata:
         event["metadata"] = metadata
     return event
-
-
-def partition_key(event: Mapping[str, Any]) -> str:
-    """What the event is partitioned by: the session of a trace (``mlflow.trace.session`` or an
-    alias, in metadata or root-span attributes) or of an assessment; for a trace without a session,
-    its user (so the sessionizer sees all of a user's session-less traces, e.g. to infer sessions);
-    else the trace id."""
-    kind = event.get("type")
-    if kind == "trace":
-        spans = event.get("spans") or ()
-        root_attrs = spans[0].get("attributes") if spans else None
-        user, session = resolve_identity(event.get("metadata") or {}, root_attrs)
-        if session:
-            return session
-        if user:
-            return user
-    elif kind == "assessment":
-        session = event.get("session_id")
-        if isinstance(session, str) and session:
-            return session
-    return str(event["trace_id"])

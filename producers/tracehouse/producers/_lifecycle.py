@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._config import Exporter, TracehouseConfig
+from ._publishers import PublisherStats
 from ._runtime import RUNTIME
-from ._sinks import PublisherStats
 
 
 def configure(

@@ -19,8 +19,8 @@ from typing import Any
 from tracehouse.schemas import TRACE_SESSION, TRACE_USER
 
 from ._api import start_span
+from ._record import LiveSpan, SpanType
 from ._runtime import RUNTIME
-from ._span import LiveSpan, SpanType
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -24,16 +24,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
-
-from tracehouse.schemas import envelope_headers
+from typing import Any, Final
 
 from ._config import TracehouseConfig
 from ._envelopes import build_batch
-from ._sinks import PublisherStats
-
-if TYPE_CHECKING:
-    from ._trace import TraceState
+from ._publishers import PublisherStats
+from ._record import TraceRecord
 
 _log = logging.getLogger("tracehouse")
 
@@ -76,7 +72,7 @@ class KafkaPublisher:
 
     # -- application side --------------------------------------------------------------------------
 
-    def submit(self, item: dict[str, Any] | TraceState) -> None:
+    def submit(self, item: dict[str, Any] | TraceRecord) -> None:
         """Take one event. O(1), never blocks on I/O, never raises."""
         try:
             with self._cond:
@@ -336,7 +332,7 @@ class KafkaPublisher:
                     env.value,
                     key=env.key,
                     partition=env.partition,
-                    headers=envelope_headers(env.count),
+                    headers=env.headers(),
                 )
             except Exception as exc:
                 failed += env.count

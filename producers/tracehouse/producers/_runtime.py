@@ -1,4 +1,4 @@
-"""The process-wide SDK state: the active configuration and the sink events go to.
+"""The process-wide SDK state: the active configuration and the publisher events go to.
 
 Resolved lazily on the first traced call (never at import), replaced by ``configure()``. The Kafka
 publisher starts its thread on its first event; only then are the ``atexit`` flush and the
@@ -12,22 +12,20 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._config import TracehouseConfig, resolve_config
+from ._publishers import ExporterPublisher, NullPublisher, Publisher, PublisherStats
+from ._record import TraceRecord
 from ._serialize import set_limits
-from ._sinks import ExporterSink, NullSink, PublisherStats, Sink
-
-if TYPE_CHECKING:
-    from ._trace import TraceState
 
 _log = logging.getLogger("tracehouse")
 
 
 class Runtime:
-    """Holds the configuration and the sink. One instance: :data:`RUNTIME`."""
+    """Holds the configuration and the publisher. One instance: :data:`RUNTIME`."""
 
-    __slots__ = ("_hooks_installed", "_lock", "config", "enabled", "sink")
+    __slots__ = ("_hooks_installed", "_lock", "config", "enabled", "publisher")
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -35,8 +33,13 @@ class Runtime:
         self.config: TracehouseConfig | None = None
         #: Hot-path flag: ``None`` until resolved.
         self.enabled: bool | None = None
-        self.sink: Sink | None = None
+        self.publisher: Publisher | None = None
         self._hooks_installed = False
+
+    @property
+    def sink(self) -> Publisher | None:
+        """Alias of :attr:`publisher` (its name before the layout change)."""
+        return self.publisher
 
     def ensure(self) -> TracehouseConfig:
         """The configuration, resolved from the environment on first use. Never raises."""
@@ -57,10 +60,10 @@ class Runtime:
             return self.config
 
     def configure(self, overrides: Mapping[str, Any]) -> TracehouseConfig:
-        """Resolve a new configuration and switch to it, flushing and stopping the old sink first."""
+        """Resolve a new configuration and switch to it, flushing and stopping the old publisher first."""
         config = resolve_config(overrides)
         with self._lock:
-            old, old_config = self.sink, self.config
+            old, old_config = self.publisher, self.config
             if old is not None:
                 old.shutdown(old_config.shutdown_timeout if old_config is not None else 5.0)
             self._install(config)
@@ -68,42 +71,42 @@ class Runtime:
 
     def _install(self, config: TracehouseConfig) -> None:
         set_limits(config.max_payload_chars, config.max_payload_items)
-        self.sink = self._make_sink(config)
+        self.publisher = self._make_publisher(config)
         self.config = config
         self.enabled = config.enabled
 
-    def _make_sink(self, config: TracehouseConfig) -> Sink:
+    def _make_publisher(self, config: TracehouseConfig) -> Publisher:
         if not config.enabled:
-            return NullSink()
+            return NullPublisher()
         if config.exporter is not None:
-            return ExporterSink(config.exporter)
+            return ExporterPublisher(config.exporter)
         from ._publisher import KafkaPublisher
 
         return KafkaPublisher(config, on_start=self._publisher_started)
 
     # -- used by the API -----------------------------------------------------------------------------
 
-    def submit(self, item: dict[str, Any] | TraceState) -> None:
-        """Hand one event to the sink. Never raises."""
-        sink = self.sink
-        if sink is None:
+    def submit(self, item: dict[str, Any] | TraceRecord) -> None:
+        """Hand one event to the publisher. Never raises."""
+        publisher = self.publisher
+        if publisher is None:
             self.ensure()
-            sink = self.sink
-        if sink is not None:
-            sink.submit(item)
+            publisher = self.publisher
+        if publisher is not None:
+            publisher.submit(item)
 
     def flush(self, timeout: float | None) -> bool:
-        sink = self.sink
-        return True if sink is None else sink.flush(timeout)
+        publisher = self.publisher
+        return True if publisher is None else publisher.flush(timeout)
 
     def shutdown(self, timeout: float | None) -> bool:
         with self._lock:
-            sink = self.sink
-        return True if sink is None else sink.shutdown(timeout)
+            publisher = self.publisher
+        return True if publisher is None else publisher.shutdown(timeout)
 
     def stats(self) -> PublisherStats:
-        sink = self.sink
-        return PublisherStats() if sink is None else sink.stats()
+        publisher = self.publisher
+        return PublisherStats() if publisher is None else publisher.stats()
 
     # -- process hooks -------------------------------------------------------------------------------
 
@@ -117,20 +120,20 @@ class Runtime:
             os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def _at_exit(self) -> None:
-        config, sink = self.config, self.sink
-        if sink is not None:
+        config, publisher = self.config, self.publisher
+        if publisher is not None:
             try:
-                sink.shutdown(config.shutdown_timeout if config is not None else 5.0)
+                publisher.shutdown(config.shutdown_timeout if config is not None else 5.0)
             except Exception:  # pragma: no cover
                 _log.debug("tracehouse: shutdown at exit failed", exc_info=True)
 
     def _after_fork_in_child(self) -> None:
-        """The child has no publisher thread: give it a fresh, unstarted sink. Events still buffered
+        """The child has no publisher thread: give it a fresh, unstarted publisher. Events still buffered
         belong to the parent, which publishes them."""
         self._lock = threading.RLock()
         config = self.config
-        if config is not None and self.sink is not None:
-            self.sink = self._make_sink(config)
+        if config is not None and self.publisher is not None:
+            self.publisher = self._make_publisher(config)
 
 
 RUNTIME = Runtime()

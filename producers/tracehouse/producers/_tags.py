@@ -19,8 +19,8 @@ from tracehouse.schemas import (
     TRACE_USER,
     USER_KEYS,
 )
+from tracehouse.schemas.errors import ImmutableMetadataError
 
-from ._errors import ImmutableMetadataError
 from ._events import MAX_KEY_CHARS, MAX_VALUE_CHARS, tag_delete_event, tag_set_event
 from ._runtime import RUNTIME
 from ._trace import active_trace

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tracehouse.schemas.mlflow import TraceState
 from tracehouse.storage import Store
 
-from ._entities import TraceState
 from ._paging import decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from tracehouse.schemas import TRACE_SESSION, TRACE_USER
+from tracehouse.schemas.errors import InvalidFilterError
 
-from ._errors import InvalidFilterError
 from ._filter import Comparison, Value, parse_filter
 from ._grammar import ISSUE_ID_KEY, LINKED_PROMPTS_TAG, Entity
 from ._params import Params

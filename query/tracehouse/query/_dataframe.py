@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ._entities import Trace
+from tracehouse.schemas.mlflow import Trace
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ._errors import InvalidFilterError
+from tracehouse.schemas.errors import InvalidFilterError
+
 from ._grammar import (
     ASSESSMENT_COMPARATORS,
     ASSESSMENT_NUMERIC_COMPARATORS,

@@ -14,11 +14,16 @@ from typing import Any, Final
 import orjson
 
 from tracehouse.schemas import TRACE_SESSION, TRACE_USER
+from tracehouse.schemas.mlflow import (
+    Assessment,
+    AssessmentSource,
+    Span,
+    SpanEvent,
+    TraceInfo,
+    TraceMetadata,
+    TraceState,
+)
 from tracehouse.storage import Store
-
-from ._assessment import Assessment, AssessmentSource
-from ._entities import TraceInfo, TraceMetadata, TraceState
-from ._span import Span, SpanEvent
 
 #: The columns of ``traces AS t`` a TraceInfo is built from, in :func:`info_from_row` order.
 TRACE_SELECT: Final = (

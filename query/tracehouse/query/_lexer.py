@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ._errors import InvalidFilterError
+from tracehouse.schemas.errors import InvalidFilterError
 
 TokenKind = Literal["IDENT", "STRING", "NUMBER", "OP", "KEYWORD", "LPAREN", "RPAREN", "COMMA", "EOF"]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from ._errors import InvalidOrderByError, InvalidParameterError
+from tracehouse.schemas.errors import InvalidOrderByError, InvalidParameterError
+
 from ._params import Params
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tracehouse.schemas.errors import InvalidFilterError, InvalidOrderByError
+
 from ._compile import ATTRIBUTE_SQL, metadata_sql
-from ._errors import InvalidFilterError, InvalidOrderByError
 from ._grammar import (
     ATTRIBUTE_ALIASES,
     ENTITY_ALIASES,

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from ._errors import InvalidPageTokenError, InvalidParameterError
+from tracehouse.schemas.errors import InvalidPageTokenError, InvalidParameterError
 
 TOKEN_VERSION: Final = 1
 #: Most rows one page of a search may hold; larger requests are capped (MLflow's server limit).

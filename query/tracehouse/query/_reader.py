@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from tracehouse.schemas.errors import InvalidFilterError, InvalidRequest, NotFound
+from tracehouse.schemas.mlflow import Trace, TraceData, TraceInfo
 from tracehouse.storage import Store
 
 from ._analysis import SessionTimeline, UserSummary, session_timeline
 from ._compile import compile_filter
-from ._entities import Trace, TraceData, TraceInfo
-from ._errors import InvalidFilterError
 from ._filter import Comparison, parse_filter
 from ._hydrate import TRACE_SELECT, info_from_row, read_assessments, read_spans, read_tags
+from ._operations import Param, operation, read_operation
 from ._order import keyset_predicate, order_by_sql, parse_order_by, sort_columns
 from ._paging import MAX_PAGE_SIZE, decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
@@ -60,15 +61,160 @@ def _regex_error(exc: Exception, comparisons: Sequence[Comparison]) -> InvalidFi
                               position=rlike.position if rlike else None)
 
 
-class TraceReader:
-    """Searches and reads traces of a :class:`~tracehouse.storage.Store`.
+def _query(store: Store, sql: str, params: dict[str, Any], comparisons: Sequence[Comparison] = ()
+           ) -> list[tuple[Any, ...]]:  # fmt: skip
+    try:
+        return store.query(sql, params)
+    except Exception as exc:
+        error = _regex_error(exc, comparisons)
+        if error is not None:
+            raise error from exc
+        raise
+
+
+def _complete(store: Store, rows: Sequence[Sequence[Any]], include_spans: bool) -> list[Trace]:
+    if not rows:
+        return []
+    ids = [r[0] for r in rows]
+    tags = read_tags(store, ids)
+    assessments = read_assessments(store, ids)
+    spans = read_spans(store, ids, [r[1] for r in rows]) if include_spans else {}
+    return [
+        Trace(
+            info=info_from_row(r, tags=tags.get(r[0], {}), assessments=assessments.get(r[0], [])),
+            data=TraceData(spans=spans.get(r[0], [])),
+        )
+        for r in rows
+    ]
+
+
+def _experiment_ids(body: Mapping[str, Any]) -> list[str] | None:
+    """``experiment_ids`` and MLflow 3's ``locations`` of a search body, together."""
+    raw = body.get("experiment_ids") or []
+    locations = body.get("locations") or []
+    if not isinstance(raw, list) or not isinstance(locations, list):
+        raise InvalidRequest("experiment_ids and locations must be lists")
+    ids: list[str] = [str(e) for e in raw]
+    for loc in locations:
+        exp = (loc or {}).get("mlflow_experiment") or {} if isinstance(loc, dict) else {}
+        if "experiment_id" in exp:
+            ids.append(str(exp["experiment_id"]))
+    return ids or None
+
+
+def _page_body(page: TracePage) -> dict[str, Any]:
+    out: dict[str, Any] = {"traces": [t.to_dict() for t in page.traces]}
+    if page.next_page_token:
+        out["next_page_token"] = page.next_page_token
+    return out
+
+
+def _page_from_body(d: Mapping[str, Any]) -> TracePage:
+    return TracePage(traces=[Trace.from_dict(t) for t in d.get("traces") or []],
+                     next_page_token=d.get("next_page_token") or None)  # fmt: skip
+
+
+@read_operation("search", "/api/tracehouse/v1/traces/search", method="POST", cli="search", items="traces",
+                encode=_page_body, decode=_page_from_body,
+                help="Search traces with MLflow's filter syntax.")  # fmt: skip
+def search_page(
+    store: Store,
+    experiment_ids: Annotated[Sequence[str] | None, Param(
+        "Restrict to these experiments (repeatable).", cli="experiment-id", read_body=_experiment_ids)] = None,
+    filter_string: Annotated[str | None, Param(
+        "MLflow's filter, e.g. \"metadata.`mlflow.trace.user` = 'user-0001' AND status = 'ERROR'\"",
+        wire="filter", aliases=("filter_string",), argument=True, cli="filter")] = None,
+    max_results: Annotated[int, Param("How many traces at most.")] = 100,
+    order_by: Annotated[Sequence[str] | None, Param(
+        'e.g. "timestamp ASC" (repeatable). Default: newest first.')] = None,
+    page_token: Annotated[str | None, Param("Continue from a previous page.", cli="")] = None,
+    include_spans: Annotated[bool, Param("Also read every trace's spans.", cli="", cli_default=False)] = True,
+) -> TracePage:
+    """One page of traces matching ``filter_string`` (MLflow's grammar) in ``experiment_ids`` (all
+    experiments when None or empty), ordered by ``order_by`` (newest first by default).
+
+    ``max_results`` is capped at 500; pass the returned ``next_page_token`` back (with the same other
+    arguments) for the next page. Raises :class:`InvalidFilterError`, :class:`InvalidOrderByError`,
+    :class:`InvalidPageTokenError` or :class:`InvalidParameterError` on bad input.
 
     Reads are parameterised SQL; a page costs one query for the traces plus one each for their tags,
     assessments and (if asked) spans. Tags, assessments and spans are read with ``FINAL`` (tags and
-    assessments change). The search itself is not: a trace row is written once (the sink lets the
-    first write of a trace id win), so the only duplicates are identical replays, which
-    ``LIMIT 1 BY trace_id`` hides; ``FINAL`` made the sort-key expansion read up to 5x the granules
-    of wide columns (session filter at 10 M traces: 44 -> 15 ms).
+    assessments change). The search itself is not: a trace row is written once (the sink lets the first
+    write of a trace id win), so the only duplicates are identical replays, which ``LIMIT 1 BY
+    trace_id`` hides; ``FINAL`` made the sort-key expansion read up to 5x the granules of wide columns
+    (session filter at 10 M traces: 44 -> 15 ms).
+    """
+    limit = page_size(max_results)
+    comparisons = parse_filter(filter_string)
+    keys = parse_order_by(order_by)
+    experiments = sorted(set(experiment_ids)) if experiment_ids else None
+    orders = [order_by] if isinstance(order_by, str) else list(order_by or [])
+    search = fingerprint("traces", experiments, (filter_string or "").strip(), orders)
+
+    params = Params()
+    where: list[str] = []
+    scope = None
+    if experiments:
+        scope = params.add(experiments, "Array(String)")
+        where.append(f"t.experiment_id IN {scope}")
+    where.extend(compile_filter(comparisons, params, scope))
+    columns, joins = sort_columns(keys, params)
+    types = [int if c.ch_type != "String" else str for c in columns]
+    if page_token:
+        body = decode_page_token(page_token, search, types)
+        where.append(keyset_predicate(columns, body["k"], params))
+    select = ", ".join([TRACE_SELECT, *(f"{c.expr} AS _s{i}" for i, c in enumerate(columns))])
+    sql = (
+        f"SELECT {select} FROM traces AS t {' '.join(joins)} "
+        f"WHERE {' AND '.join(where) or '1'} "
+        f"ORDER BY {order_by_sql(columns)} LIMIT 1 BY t.trace_id LIMIT {int(limit)}"
+    )
+    rows = _query(store, sql, params.values, comparisons)
+    traces = _complete(store, rows, include_spans)
+    next_token = None
+    if len(rows) == limit:
+        key = list(rows[-1][-len(columns):])
+        next_token = encode_page_token(key, search)
+    return TracePage(traces=traces, next_page_token=next_token)
+
+
+def get_traces(store: Store, trace_ids: Sequence[str], include_spans: bool = True) -> list[Trace]:
+    """The traces with these ids, in the order given; unknown ids are skipped."""
+    ids = list(dict.fromkeys(trace_ids))
+    if not ids:
+        return []
+    rows = store.query(
+        f"SELECT {TRACE_SELECT} FROM traces AS t FINAL WHERE t.trace_id IN {{ids:Array(String)}} "
+        "LIMIT 1 BY t.trace_id",
+        {"ids": ids},
+    )
+    found = {t.info.trace_id: t for t in _complete(store, rows, include_spans)}
+    return [found[i] for i in ids if i in found]
+
+
+def _trace_body(trace: Trace) -> dict[str, Any]:
+    return {"trace": trace.to_dict()}
+
+
+def _trace_from_body(d: Mapping[str, Any]) -> Trace:
+    return Trace.from_dict(d["trace"])
+
+
+@read_operation("trace", "/api/tracehouse/v1/traces/{trace_id}", cli="trace", encode=_trace_body,
+                decode=_trace_from_body)  # fmt: skip
+def fetch_trace(store: Store, trace_id: str) -> Trace:
+    """One trace with its spans, current tags and assessments. Raises :class:`NotFound` if unknown."""
+    found = get_traces(store, [trace_id])
+    if not found:
+        raise NotFound(f"Trace with ID '{trace_id}' not found")
+    return found[0]
+
+
+class TraceReader:
+    """Searches and reads traces of a :class:`~tracehouse.storage.Store`: the read operations of
+    :mod:`tracehouse.query` bound to one store, as typed methods.
+
+    ``run(name, **params)`` runs any registered read operation, those added later included.
     """
 
     #: Most traces one :meth:`search_traces` call returns; larger ``max_results`` are capped.
@@ -77,15 +223,9 @@ class TraceReader:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def _query(self, sql: str, params: dict[str, Any], comparisons: Sequence[Comparison] = ()
-               ) -> list[tuple[Any, ...]]:
-        try:
-            return self.store.query(sql, params)
-        except Exception as exc:
-            error = _regex_error(exc, comparisons)
-            if error is not None:
-                raise error from exc
-            raise
+    def run(self, name: str, /, **params: Any) -> Any:
+        """Run the read operation ``name`` (see :func:`tracehouse.query.operations`) on this store."""
+        return operation(name).run(self.store, **params)
 
     def search_traces(
         self,
@@ -96,46 +236,9 @@ class TraceReader:
         page_token: str | None = None,
         include_spans: bool = True,
     ) -> TracePage:
-        """One page of traces matching ``filter_string`` (MLflow's grammar) in ``experiment_ids``
-        (all experiments when None or empty), ordered by ``order_by`` (newest first by default).
-
-        ``max_results`` is capped at 500; pass the returned ``next_page_token`` back (with the same
-        other arguments) for the next page. Raises :class:`InvalidFilterError`,
-        :class:`InvalidOrderByError`, :class:`InvalidPageTokenError` or :class:`InvalidParameterError`
-        on bad input.
-        """
-        limit = page_size(max_results)
-        comparisons = parse_filter(filter_string)
-        keys = parse_order_by(order_by)
-        experiments = sorted(set(experiment_ids)) if experiment_ids else None
-        orders = [order_by] if isinstance(order_by, str) else list(order_by or [])
-        search = fingerprint("traces", experiments, (filter_string or "").strip(), orders)
-
-        params = Params()
-        where: list[str] = []
-        scope = None
-        if experiments:
-            scope = params.add(experiments, "Array(String)")
-            where.append(f"t.experiment_id IN {scope}")
-        where.extend(compile_filter(comparisons, params, scope))
-        columns, joins = sort_columns(keys, params)
-        types = [int if c.ch_type != "String" else str for c in columns]
-        if page_token:
-            body = decode_page_token(page_token, search, types)
-            where.append(keyset_predicate(columns, body["k"], params))
-        select = ", ".join([TRACE_SELECT, *(f"{c.expr} AS _s{i}" for i, c in enumerate(columns))])
-        sql = (
-            f"SELECT {select} FROM traces AS t {' '.join(joins)} "
-            f"WHERE {' AND '.join(where) or '1'} "
-            f"ORDER BY {order_by_sql(columns)} LIMIT 1 BY t.trace_id LIMIT {int(limit)}"
-        )
-        rows = self._query(sql, params.values, comparisons)
-        traces = self._complete(rows, include_spans)
-        next_token = None
-        if len(rows) == limit:
-            key = list(rows[-1][-len(columns):])
-            next_token = encode_page_token(key, search)
-        return TracePage(traces=traces, next_page_token=next_token)
+        """See :func:`tracehouse.query.search_page`."""
+        return search_page(self.store, experiment_ids, filter_string, max_results, order_by, page_token,
+                           include_spans)  # fmt: skip
 
     def iter_traces(
         self,
@@ -148,44 +251,19 @@ class TraceReader:
         """Every matching trace, page by page (lazily; memory bounded by one page)."""
         token: str | None = None
         while True:
-            page = self.search_traces(experiment_ids, filter_string, batch_size, order_by, token,
-                                      include_spans)
+            page = self.search_traces(experiment_ids, filter_string, batch_size, order_by, token, include_spans)
             yield from page.traces
             token = page.next_page_token
             if not token:
                 return
 
-    def _complete(self, rows: Sequence[Sequence[Any]], include_spans: bool) -> list[Trace]:
-        if not rows:
-            return []
-        ids = [r[0] for r in rows]
-        tags = read_tags(self.store, ids)
-        assessments = read_assessments(self.store, ids)
-        spans = read_spans(self.store, ids, [r[1] for r in rows]) if include_spans else {}
-        return [
-            Trace(
-                info=info_from_row(r, tags=tags.get(r[0], {}), assessments=assessments.get(r[0], [])),
-                data=TraceData(spans=spans.get(r[0], [])),
-            )
-            for r in rows
-        ]
-
     def get_traces(self, trace_ids: Sequence[str], include_spans: bool = True) -> list[Trace]:
         """The traces with these ids, in the order given; unknown ids are skipped."""
-        ids = list(dict.fromkeys(trace_ids))
-        if not ids:
-            return []
-        rows = self.store.query(
-            f"SELECT {TRACE_SELECT} FROM traces AS t FINAL WHERE t.trace_id IN {{ids:Array(String)}} "
-            "LIMIT 1 BY t.trace_id",
-            {"ids": ids},
-        )
-        found = {t.info.trace_id: t for t in self._complete(rows, include_spans)}
-        return [found[i] for i in ids if i in found]
+        return get_traces(self.store, trace_ids, include_spans)
 
     def get_trace(self, trace_id: str, include_spans: bool = True) -> Trace | None:
         """The trace with its current tags, assessments and (by default) spans; None if unknown."""
-        found = self.get_traces([trace_id], include_spans)
+        found = get_traces(self.store, [trace_id], include_spans)
         return found[0] if found else None
 
     def get_trace_info(self, trace_id: str) -> TraceInfo | None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
+from tracehouse.schemas.errors import InvalidParameterError
 from tracehouse.storage import Store
 
 from ._analysis import SessionTimeline, session_timeline
-from ._errors import InvalidParameterError
 from ._listing import keyset_after, millis, parse_order
+from ._operations import ExperimentIds, PageToken, Param, read_operation
 from ._paging import decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 
@@ -143,16 +144,19 @@ def parse_session_order(order_by: str | Sequence[str] | None) -> list[tuple[str,
     return parse_order(order_by, SESSION_ORDER_KEYS, DEFAULT_SESSION_ORDER, "sessions")
 
 
+@read_operation("sessions", "/api/tracehouse/v1/sessions", cli="sessions", result=SessionPage, items="sessions",
+                help="List sessions as the sessionizer recorded them (newest record of each), most recent first.")
 def list_sessions(
     store: Store,
-    user_id: str | None = None,
-    experiment_ids: Sequence[str] | None = None,
-    status: str | None = None,
-    since: int | None = None,
-    until: int | None = None,
-    order_by: str | Sequence[str] | None = None,
-    max_results: int = 100,
-    page_token: str | None = None,
+    user_id: Annotated[str | None, Param("Only sessions of this user.", aliases=("user",), cli="user")] = None,
+    experiment_ids: ExperimentIds = None,
+    status: Annotated[str | None, Param("Only open or closed sessions.", choices=SESSION_STATUSES)] = None,
+    since: Annotated[int | None, Param("Last turn at or after this time (ms since the epoch).")] = None,
+    until: Annotated[int | None, Param("First turn before this time (ms since the epoch).")] = None,
+    order_by: Annotated[str | Sequence[str] | None, Param(
+        ", ".join(SESSION_ORDER_KEYS) + ", with ASC/DESC. Default: last_ms DESC.")] = None,
+    max_results: Annotated[int, Param("Sessions per page (at most 500).")] = 100,
+    page_token: PageToken = None,
 ) -> SessionPage:
     """One page (at most 500) of sessions, newest version of each.
 
@@ -219,12 +223,28 @@ def session_summary(store: Store, session_id: str, experiment_ids: Sequence[str]
     return SessionSummary.from_row(rows[0]) if rows else None
 
 
+def _session_body(detail: SessionDetail) -> dict[str, Any]:
+    # "session" is the timeline (the shape older clients read); "summary" the stored record or null.
+    summary = detail.summary.to_dict() if detail.summary is not None else None
+    return {"session": detail.timeline.to_dict(), "summary": summary, "feedback": detail.feedback}
+
+
+def _session_from_body(d: Mapping[str, Any]) -> SessionDetail:
+    timeline = SessionTimeline.from_dict(d["session"])
+    summary = d.get("summary")
+    return SessionDetail(session_id=timeline.session_id, summary=SessionSummary.from_dict(summary) if summary else None,
+                         timeline=timeline, feedback={str(k): int(v) for k, v in (d.get("feedback") or {}).items()})
+
+
+@read_operation("session", "/api/tracehouse/v1/sessions/{session_id}", cli="session",
+                encode=_session_body, decode=_session_from_body,
+                help="One session: its recorded summary (status, turns, errors, tokens) and its turns in order.")
 def get_session(
     store: Store,
     session_id: str,
-    page_token: str | None = None,
-    max_results: int = 100,
-    experiment_ids: Sequence[str] | None = None,
+    page_token: PageToken = None,
+    max_results: Annotated[int, Param("Turns per page.")] = 100,
+    experiment_ids: ExperimentIds = None,
 ) -> SessionDetail:
     """The stored summary of ``session_id``, one page of its turns (:func:`session_timeline`) and its
     feedback counts (:func:`session_feedback`)."""

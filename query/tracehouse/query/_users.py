@@ -22,13 +22,14 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
+from tracehouse.schemas.errors import InvalidParameterError
 from tracehouse.storage import Store
 
 from ._analysis import UserSummary, user_summary_from_traces
-from ._errors import InvalidParameterError
 from ._listing import keyset_after, millis, parse_order
+from ._operations import ExperimentIds, PageToken, Param, SinceMs, UntilMs, read_operation
 from ._paging import decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 
@@ -201,14 +202,18 @@ def _where(params: Params, experiment_ids: Sequence[str] | None, since: int | No
     return where
 
 
+@read_operation("users", "/api/tracehouse/v1/users", cli="users", result=UserPage, items="users",
+                help="Top users by any rollup column (from the per-user rollups the stream processors maintain).")
 def list_users(
     store: Store,
-    experiment_ids: Sequence[str] | None = None,
-    since: int | None = None,
-    until: int | None = None,
-    order_by: str | Sequence[str] | None = None,
-    max_results: int = 100,
-    page_token: str | None = None,
+    experiment_ids: ExperimentIds = None,
+    since: Annotated[int | None, Param("Only days overlapping [since, until) (ms since the epoch).")] = None,
+    until: Annotated[int | None, Param("See --since.")] = None,
+    order_by: Annotated[str | Sequence[str] | None, Param(
+        "Any rollup column with ASC/DESC: " + ", ".join(USER_ORDER_KEYS) + ".", cli_default="interactions DESC",
+    )] = None,
+    max_results: Annotated[int, Param("How many users (at most 500 a page).", cli="top", cli_default=20)] = 100,
+    page_token: PageToken = None,
 ) -> UserPage:
     """One page (at most 500) of users with their rollups over the selected days.
 
@@ -283,6 +288,39 @@ def get_user(
 
 
 SummarySource = Literal["auto", "rollups", "traces"]
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """What the user route answers: ``user`` (the summary, the shape older clients read) and ``rollup``
+    (the rollup with its daily buckets)."""
+
+    user: UserSummary
+    rollup: UserDetail
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user": self.user.to_dict(), "rollup": self.rollup.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UserView:
+        return cls(user=UserSummary.from_dict(d["user"]), rollup=UserDetail.from_dict(d["rollup"]))
+
+
+@read_operation("user", "/api/tracehouse/v1/users/{user_id}", cli="user", result=UserView)
+def user_view(
+    store: Store,
+    user_id: str,
+    experiment_ids: ExperimentIds = None,
+    since: SinceMs = None,
+    until: UntilMs = None,
+    source: Annotated[SummarySource, Param(
+        "Summary from the per-user rollups, from the raw traces, or rollups when there are any.",
+        choices=("auto", "rollups", "traces"),
+    )] = "auto",
+) -> UserView:
+    """Behaviour of one user: interactions, sessions, response times, errors, tokens, and per day."""
+    return UserView(user=user_summary(store, user_id, experiment_ids, source),
+                    rollup=get_user(store, user_id, experiment_ids, since, until))  # fmt: skip
 
 
 def user_summary(

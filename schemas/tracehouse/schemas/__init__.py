@@ -5,7 +5,6 @@ from ._codec import (
     HEADER_COUNT,
     HEADER_FORMAT,
     HEADER_SCHEMA,
-    EventDecodeError,
     decode_event,
     encode_envelope,
     encode_event,
@@ -49,6 +48,7 @@ from ._keys import (
     resolve_identity,
 )
 from ._topics import DEFAULT_TOPIC_PREFIX, Topics
+from .errors import EventDecodeError
 
 __all__ = [
     "DEFAULT_TOPIC_PREFIX",

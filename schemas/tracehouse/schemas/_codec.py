@@ -16,6 +16,7 @@ import msgspec
 import orjson
 
 from ._events import Event
+from .errors import EventDecodeError
 
 #: Kafka headers every envelope carries.
 HEADER_FORMAT: Final = "th-format"
@@ -24,10 +25,6 @@ HEADER_COUNT: Final = "th-count"
 FORMAT_NDJSON: Final = b"ndjson"
 
 _decoder: Final[msgspec.json.Decoder[Event]] = msgspec.json.Decoder(Event)
-
-
-class EventDecodeError(ValueError):
-    """A line of an envelope is not a valid event. ``str(err)`` says what was wrong and where."""
 
 
 def encode_event(event: Event | dict[str, Any]) -> bytes:

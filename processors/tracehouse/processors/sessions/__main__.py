@@ -1,5 +1,6 @@
-"""``python -m tracehouse.processors.sessions --bootstrap HOST:PORT --topic-prefix PREFIX``"""
+"""``python -m tracehouse.processors.sessions ...``: the app's ``tracehouse sessionizer`` command under
+its old name (a shim; the command line lives in the app layer)."""
 
-from ._app import main
+from tracehouse.app.cli import sessionizer_main
 
-raise SystemExit(main())
+raise SystemExit(sessionizer_main())

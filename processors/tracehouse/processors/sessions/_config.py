@@ -1,6 +1,7 @@
 """The sessionizer's configuration: declared once, typed, frozen.
 
-Precedence is explicit argument > environment > default. The environment is read only when
+Precedence is explicit argument > environment > default (the variables and defaults are declared in
+:mod:`tracehouse.schemas.settings`). The environment is read only when
 :meth:`SessionizerConfig.resolve` is called, never at import time.
 """
 
@@ -10,15 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
+from tracehouse.schemas import Topics
+from tracehouse.schemas import settings as s
+from tracehouse.schemas.errors import ConfigurationError
 
-from .._env import pick
 from ._session import SessionConfig
 
-ENV_BOOTSTRAP: Final = "TRACEHOUSE_KAFKA_BOOTSTRAP"
-ENV_TOPIC_PREFIX: Final = "TRACEHOUSE_TOPIC_PREFIX"
-
-DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
 DEFAULT_SESSIONIZER_ID: Final = "tracehouse-sessionizer"
 #: Must equal the partition count of ``traces.v1`` (and ``sessions.v1``): see ``ensure_topics``.
 DEFAULT_PARTITIONS: Final = 8
@@ -29,9 +27,9 @@ class SessionizerConfig:
     """Everything the sessionizer worker needs. Build it with :meth:`resolve` to honour the environment."""
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
-    bootstrap: str = DEFAULT_BOOTSTRAP
+    bootstrap: str = s.KAFKA_BOOTSTRAP.default
     #: Prefix of every tracehouse topic (see :class:`tracehouse.schemas.Topics`).
-    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    topic_prefix: str = s.TOPIC_PREFIX.default
     #: faust app id = consumer group; also names the state changelog topic
     #: (``<app_id>-sessions-changelog``), so two installations on one broker need two ids.
     app_id: str = DEFAULT_SESSIONIZER_ID
@@ -67,21 +65,21 @@ class SessionizerConfig:
 
     def __post_init__(self) -> None:
         if not self.app_id:
-            raise ValueError("app_id must not be empty")
+            raise ConfigurationError("app_id must not be empty")
         if self.partitions < 1:
-            raise ValueError("partitions must be at least 1")
+            raise ConfigurationError("partitions must be at least 1")
         if self.flush_interval_ms < 1:
-            raise ValueError("flush_interval_ms must be at least 1")
+            raise ConfigurationError("flush_interval_ms must be at least 1")
         if self.inactivity_gap_ms < 1:
-            raise ValueError("inactivity_gap_ms must be at least 1")
+            raise ConfigurationError("inactivity_gap_ms must be at least 1")
         if self.max_duration_ms is not None and self.max_duration_ms < 1:
-            raise ValueError("max_duration_ms must be at least 1 (or None)")
+            raise ConfigurationError("max_duration_ms must be at least 1 (or None)")
         if self.rollup_partitions < 1:
-            raise ValueError("rollup_partitions must be at least 1")
+            raise ConfigurationError("rollup_partitions must be at least 1")
         if self.state_retention_ms is not None and self.state_retention_ms < self.inactivity_gap_ms:
-            raise ValueError("state_retention_ms must be at least inactivity_gap_ms (or None)")
+            raise ConfigurationError("state_retention_ms must be at least inactivity_gap_ms (or None)")
         if self.max_records_per_envelope < 1:
-            raise ValueError("max_records_per_envelope must be at least 1")
+            raise ConfigurationError("max_records_per_envelope must be at least 1")
 
     @classmethod
     def resolve(
@@ -95,8 +93,8 @@ class SessionizerConfig:
         """Resolve explicit arguments, then ``TRACEHOUSE_*`` variables of ``env`` (default:
         ``os.environ``), then defaults. ``overrides`` are any other field, passed as they are."""
         return cls(
-            bootstrap=pick(bootstrap, ENV_BOOTSTRAP, DEFAULT_BOOTSTRAP, env),
-            topic_prefix=pick(topic_prefix, ENV_TOPIC_PREFIX, DEFAULT_TOPIC_PREFIX, env),
+            bootstrap=s.KAFKA_BOOTSTRAP.read(bootstrap, env),
+            topic_prefix=s.TOPIC_PREFIX.read(topic_prefix, env),
             **overrides,
         )
 

@@ -1,0 +1,5 @@
+"""``python -m tracehouse.app`` is the ``tracehouse`` command."""
+
+from tracehouse.app import main
+
+main()

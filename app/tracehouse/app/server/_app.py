@@ -1,0 +1,77 @@
+"""The HTTP app: tracehouse's JSON read API and web UI, MLflow's trace REST API, and (with a gateway)
+MLflow's and OTLP's write routes.
+
+Reads run the store calls in the thread pool (chDB runs in process and blocks). Writes go to Kafka
+through the :class:`~tracehouse.gateway.Gateway`; a read first waits, boundedly, until the sink stored
+every write this server acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from tracehouse.gateway import Gateway
+from tracehouse.storage import Store
+
+from ._auth import AuthConfig, AuthMiddleware
+from ._http import error_response, json_response
+from ._mlflow_routes import mlflow_read_routes
+from ._read_routes import read_routes
+from ._write_routes import write_routes
+
+
+def create_app(
+    store: Store,
+    *,
+    gateway: Gateway | None = None,
+    auth: AuthConfig | None = None,
+    manage_gateway: bool = True,
+) -> Any:
+    """Build the ASGI app serving ``store``; with ``gateway`` it also accepts writes (started and
+    stopped by the app's lifespan unless ``manage_gateway`` is false); with ``auth`` it requires
+    the configured token."""
+
+    async def fresh() -> None:
+        """Read-your-writes: wait (boundedly) for the sink to store what this server acknowledged."""
+        if gateway is not None:
+            await gateway.fence.wait()
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok", "store": "embedded" if store.embedded else "clickhouse"})
+
+    async def index(request: Request) -> Response:
+        page = resources.files("tracehouse.app.server").joinpath("_ui.html").read_text()
+        return HTMLResponse(page)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, "ENDPOINT_NOT_FOUND", f"no route for {request.method} {request.url.path}")
+
+    mlflow_routes, trace_info = mlflow_read_routes(store, fresh)
+    routes = [Route("/", index), Route("/health", health), *read_routes(store, fresh), *mlflow_routes]
+    if gateway is not None:
+        routes += write_routes(gateway)
+    routes.append(trace_info)  # last: its {trace_id:path} would swallow the more specific routes
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if gateway is None or not manage_gateway:
+            yield
+            return
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found}, lifespan=lifespan)
+    if auth is not None and auth.enabled:
+        return AuthMiddleware(app, auth)
+    return app

