@@ -17,7 +17,7 @@ from tracehouse.processors import (
     validate_line,
 )
 from tracehouse.processors._batch import BatchLimits, PartitionBatch
-from tracehouse.processors._sink import envelope_problem
+from tracehouse.processors._decode import envelope_problem
 from tracehouse.schemas import (
     HEADER_FORMAT,
     TagSetEvent,

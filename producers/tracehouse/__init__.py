@@ -41,6 +41,10 @@ from tracehouse.producers import (
 )
 from tracehouse.schemas.errors import TracehouseError
 
+# The import spec lists every source root too, as the package's path does (tools such as grimp read it).
+if __spec__ is not None and __spec__.submodule_search_locations is not None:
+    __spec__.submodule_search_locations[:] = __path__
+
 _LAZY_QUERY = ("TraceClient", "search_traces")
 
 

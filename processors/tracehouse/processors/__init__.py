@@ -29,7 +29,8 @@ from ._dlq import (
     DeadLetter,
     read_dlq,
 )
-from ._sink import Sink, SinkStats
+from ._sink import Sink
+from ._state import SinkStats
 from ._validate import Rejection, check_event, validate_line
 
 __all__ = [

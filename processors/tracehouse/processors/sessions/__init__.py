@@ -6,6 +6,7 @@ them equal to a brute-force computation under duplicates, reordering, late turns
 
 from ._config import SessionizerConfig
 from ._facts import TraceFacts, facts_from_line
+from ._fold import SessionizerStats
 from ._rollup import DAY_MS, RollupBucket, day_of, quantile
 from ._session import (
     SessionConfig,
@@ -17,7 +18,7 @@ from ._session import (
     inferred_session_id,
     new_session,
 )
-from ._worker import Sessionizer, SessionizerStats, create_sessionizer, run_sessionizer
+from ._worker import Sessionizer, create_sessionizer, run_sessionizer
 
 __all__ = [
     "DAY_MS",

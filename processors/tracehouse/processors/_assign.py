@@ -1,0 +1,107 @@
+"""Steps *seek* and *ledger*, and the rebalance: where each assigned partition starts.
+
+* **seek**: the first time a partition shows up after an assignment, read its committed offset C and
+  seek there, discarding whatever the poll returned for it. This pins the stream to C even if a poll
+  straddled a rebalance. Must not let a record older than C, or one fetched for a previous
+  assignment, into a batch.
+* **ledger**: before the first record of a partition after an assignment, look up the ledger row that
+  starts at that record. If there is one, the first batch is bounded: it must end exactly at the row's
+  ``last_offset`` (same bounds, same token: ClickHouse drops what was already inserted). Must not flush
+  a bounded batch before it reaches its bound, on any trigger.
+* **revoke**: flush and commit the revoked partitions' batches first, within ``revoke_timeout_s``;
+  what cannot be flushed by then is dropped uncommitted (its next owner replays it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener
+from aiokafka.errors import IllegalStateError, KafkaError
+
+from ._commit import flush_final
+from ._state import PartitionState, SinkState
+
+log = logging.getLogger("tracehouse.sink")
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's rebalance callbacks, run by the consumer between polls."""
+
+    def __init__(self, state: SinkState) -> None:
+        self._state = state
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        state = self._state
+        async with state.lock:
+            deadline = time.monotonic() + state.config.revoke_timeout_s
+            for tp in revoked:
+                part = state.parts.pop((tp[0], tp[1]), None)
+                if part is not None:
+                    await flush_final(state, part, deadline, "revoke")
+        if revoked:
+            log.info("partitions revoked: %s", sorted(f"{t}[{p}]" for t, p in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        """Start every assigned partition afresh: its position is pinned (and its ledger row looked
+        up) by the loop, which must not trust records fetched before that."""
+        state = self._state
+        async with state.lock:
+            for tp in assigned:
+                state.parts[(tp[0], tp[1])] = PartitionState(tp)
+        log.info("partitions assigned: %s", sorted(f"{t}[{p}]" for t, p in assigned))
+
+
+async def pin(state: SinkState, part: PartitionState) -> None:
+    """Step *seek*: read the committed offset and seek there. The caller discards the records this
+    poll returned for the partition."""
+    tp = part.tp
+    try:
+        committed = await state.consumer.committed(tp)
+        if committed is None:
+            await state.consumer.seek_to_beginning(tp)
+        else:
+            state.consumer.seek(tp, committed)
+    except IllegalStateError:
+        part.lost = True
+        return
+    except KafkaError as exc:
+        state.fail(part, None, "reading the committed offset", exc)
+        return
+    part.start_offset = committed
+    part.pinned = True
+    part.failures = 0
+    if committed is not None:
+        state.set_committed(tp, committed)
+
+
+async def check_ledger(state: SinkState, part: PartitionState, offset: int) -> bool:
+    """Step *ledger* for the partition's first record ``offset``; ``False`` when the lookup failed
+    (the partition is paused and retried)."""
+    assert state.ledger is not None
+    ledger = state.ledger
+    topic, partition = part.tp[0], part.tp[1]
+    rollups = topic == state.config.rollups_topic
+
+    def lookup() -> tuple[int | None, dict[int, tuple[int, int]] | None]:
+        bound = ledger.replay_bound(topic, partition, offset)
+        return bound, ledger.load_marks(topic, partition) if rollups else None
+
+    try:
+        bound, marks = await asyncio.to_thread(lookup)
+    except Exception as exc:
+        state.fail(part, offset, "the ledger lookup", exc)
+        return False
+    part.ledger_checked = True
+    part.marks = marks
+    part.failures = 0
+    if bound is not None and bound >= offset:
+        part.replay_end = bound
+        log.info(
+            "%s[%d]: replaying batch [%d, %d] from the ledger (same bounds, same dedup token)",
+            part.tp[0], part.tp[1], offset, bound,
+        )  # fmt: skip
+    return True
