@@ -106,30 +106,36 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
 
 
 @contextlib.contextmanager
+def running_server(argv: list[str], workdir: Path, name: str, port: int, mode: str = "ab"
+                   ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:  # fmt: skip
+    """Run a server process (log in ``workdir/<name>.log``) until its ``/health`` answers; stop it after."""
+    with (workdir / f"{name}.log").open(mode) as log:
+        proc = subprocess.Popen(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}/health", 180, proc)
+            yield url, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
 def mlflow_server(workdir: Path, name: str = "mlflow") -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     """A real ``mlflow server`` with a SQLite backend on loopback: ``(url, db path, process)``."""
     from tracehouse.app.embedded import free_port
 
     db = workdir / f"{name}.db"
     port = free_port()
-    log = (workdir / f"{name}.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-         "--default-artifact-root", str(workdir / f"{name}-artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", 180, server)
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+            "--default-artifact-root", str(workdir / f"{name}-artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    with running_server(argv, workdir, name, port, "wb") as (url, server):
         yield url, db, server
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def server_pids(server: subprocess.Popen[bytes]) -> list[int]:

@@ -24,32 +24,45 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 PAD = "lorem ipsum dolor sit amet " * 24  # ~650 chars per payload
+
+
+class _Tracing(Protocol):
+    """The part of the tracing API tracehouse and MLflow share."""
+
+    def trace(self, *, span_type: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+    def update_current_trace(self, **kwargs: Any) -> None: ...
+
+
+def _chat_app(lib: _Tracing) -> Callable[[str, str, str, str | None], str]:
+    """The same traced chat app over either library (tracehouse and MLflow share this API)."""
+
+    @lib.trace(span_type="RETRIEVER")
+    def retrieve(query: str) -> list[str]:
+        return [PAD[:200], PAD[:180]]
+
+    @lib.trace(span_type="LLM")
+    def generate(query: str, docs: list[str]) -> str:
+        return PAD
+
+    @lib.trace(span_type="CHAIN")
+    def chat(user_id: str, session_id: str, message: str, request_id: str | None) -> str:
+        lib.update_current_trace(
+            metadata={"mlflow.trace.user": user_id, "mlflow.trace.session": session_id}, client_request_id=request_id
+        )
+        return str(generate(message, retrieve(message)))
+
+    return chat
 
 
 def tracehouse_app(bootstrap: str, topic_prefix: str) -> tuple[Callable[[str, str, str, str | None], str], Any]:
     import tracehouse
 
     tracehouse.configure(kafka_bootstrap=bootstrap, topic_prefix=topic_prefix)
-
-    @tracehouse.trace(span_type="RETRIEVER")
-    def retrieve(query: str) -> list[str]:
-        return [PAD[:200], PAD[:180]]
-
-    @tracehouse.trace(span_type="LLM")
-    def generate(query: str, docs: list[str]) -> str:
-        return PAD
-
-    @tracehouse.trace(span_type="CHAIN")
-    def chat(user_id: str, session_id: str, message: str, request_id: str | None) -> str:
-        tracehouse.update_current_trace(
-            metadata={"mlflow.trace.user": user_id, "mlflow.trace.session": session_id}, client_request_id=request_id
-        )
-        return generate(message, retrieve(message))
-
-    return chat, tracehouse
+    return _chat_app(cast(_Tracing, tracehouse)), tracehouse
 
 
 def mlflow_app(tracking_uri: str) -> tuple[Callable[[str, str, str, str | None], str], Any]:
@@ -61,23 +74,7 @@ def mlflow_app(tracking_uri: str) -> tuple[Callable[[str, str, str, str | None],
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.CRITICAL)
-
-    @mlflow.trace(span_type="RETRIEVER")
-    def retrieve(query: str) -> list[str]:
-        return [PAD[:200], PAD[:180]]
-
-    @mlflow.trace(span_type="LLM")
-    def generate(query: str, docs: list[str]) -> str:
-        return PAD
-
-    @mlflow.trace(span_type="CHAIN")
-    def chat(user_id: str, session_id: str, message: str, request_id: str | None) -> str:
-        mlflow.update_current_trace(
-            metadata={"mlflow.trace.user": user_id, "mlflow.trace.session": session_id}, client_request_id=request_id
-        )
-        return generate(message, retrieve(message))
-
-    return chat, mlflow
+    return _chat_app(cast(_Tracing, mlflow)), mlflow
 
 
 def main() -> None:

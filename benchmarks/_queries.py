@@ -69,11 +69,9 @@ import os
 import platform
 import random
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +80,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+from _common import running_server
 
 from tracehouse.app.embedded import free_port
 from tracehouse.storage import Store, migrate
@@ -507,35 +506,11 @@ def mlflow_targets(rows: Sequence[dict[str, Any]], count: int) -> Targets:
 # ------------------------------------------------------------------------------------------ servers
 
 
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                response.read()
-            return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{url} did not answer (see the server log)") from None
-            time.sleep(0.25)
-
-
 @contextlib.contextmanager
 def serve(argv: list[str], workdir: Path, name: str, port: int) -> Iterator[str]:
     """Run a server process (log in ``workdir/<name>.log``) until its ``/health`` answers; stop it after."""
-    with (workdir / f"{name}.log").open("ab") as log:
-        proc = subprocess.Popen(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/health", 180, proc)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with running_server(argv, workdir, name, port) as (url, _):
+        yield url
 
 
 def tracehouse_server(workdir: Path, store_uri: str) -> contextlib.AbstractContextManager[str]:

@@ -51,3 +51,17 @@ def chat_workload(users: int = 5, sessions: int = 12, seed: int = 3) -> list[Tra
     assert isinstance(first, TraceEvent)
     events.append(TagSetEvent(trace_id=first.trace_id, key="reviewed", value="yes", timestamp_ns=(BASE_MS + 1) * 10**6))
     return events
+
+
+def store_workload(uri: str, token: str | None = None) -> list[TraceEvent | TagSetEvent]:
+    """Migrate the store at ``uri`` and write :func:`chat_workload` into it; returns the events."""
+    from tracehouse.storage import RowBatch, Store, migrate, write_batch
+
+    events = chat_workload()
+    with Store(uri) as store:
+        migrate(store)
+        batch = RowBatch()
+        for e in events:
+            batch.add(e)
+        write_batch(store, batch, token)
+    return events

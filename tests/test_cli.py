@@ -8,23 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
-from _workload import chat_workload
+from _workload import chat_workload, store_workload
 from click.testing import CliRunner
 
 from tracehouse.app.cli import main
 from tracehouse.schemas import TraceEvent
-from tracehouse.storage import RowBatch, Store, latest_version, migrate, write_batch
+from tracehouse.storage import latest_version
 
 
 @pytest.fixture(scope="module")
 def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     uri = f"chdb://{tmp_path_factory.mktemp('cli') / 'chdb'}"
-    with Store(uri) as store:
-        migrate(store)
-        batch = RowBatch()
-        for e in chat_workload():
-            batch.add(e)
-        write_batch(store, batch)
+    store_workload(uri)
     return uri
 
 

@@ -52,7 +52,7 @@ def test_import_contracts_hold_on_this_tree(tmp_path: Path) -> None:
     ("module", "line", "broken"),
     [
         ("storage/tracehouse/storage/_rows.py", "from tracehouse.query import TraceReader", "storage is not"),
-        ("schemas/tracehouse/schemas/_keys.py", "import tracehouse.app.cli", "schemas is not"),
+        ("schemas/tracehouse/schemas/keys.py", "import tracehouse.app.cli", "schemas is not"),
         ("producers/tracehouse/producers/_ids.py", "from tracehouse.gateway import Gateway", "producers is not"),
         ("query/tracehouse/query/_params.py", "import tracehouse.processors", "query is not"),
         ("processors/tracehouse/processors/_batch.py", "import tracehouse", "processors._batch -> tracehouse"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
 import random
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any, Literal
 
 import orjson
 import pytest
+from _processes import sessionizer_command, spawn, stop
 from test_sessionizer import expected_record
 from test_sink_kafka import FAST, eventually, group_committed
 
@@ -276,14 +276,18 @@ def sink_config(broker: TansuBroker, topics: Topics, store_uri: str, group: str)
                       **FAST)  # fmt: skip
 
 
+async def publish_first_half(broker: TansuBroker, topics: Topics, w: Workload
+                             ) -> tuple[dict[int, int], list[tuple[int, list[bytes]]]]:  # fmt: skip
+    """Create the topics and publish the first half of ``w``; returns the end offsets and the rest."""
+    await ensure_topics(broker.bootstrap, topics, partitions=PARTITIONS)
+    first, rest = halves(w)
+    return await publish(broker.bootstrap, topics.traces, first), rest
+
+
 def spawn_sessionizer(broker: TansuBroker, topics: Topics, app_id: str, tmp_path: Path, log: Path
                       ) -> subprocess.Popen[bytes]:  # fmt: skip
-    cmd = [sys.executable, "-m", "tracehouse.processors.sessions", "--bootstrap", broker.bootstrap,
-           "--topic-prefix", topics.prefix, "--app-id", app_id, "--partitions", str(PARTITIONS),
-           "--flush-interval-ms", "200", "--datadir", str(tmp_path / f"faust-{uuid.uuid4().hex[:6]}"),
-           "--loglevel", "INFO"]  # fmt: skip
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+    datadir = tmp_path / f"faust-{uuid.uuid4().hex[:6]}"
+    return spawn(sessionizer_command(broker.bootstrap, topics.prefix, app_id, PARTITIONS, datadir), log)
 
 
 def spawn_sink(broker: TansuBroker, topics: Topics, store_uri: str, group: str, log: Path) -> subprocess.Popen[bytes]:
@@ -291,18 +295,7 @@ def spawn_sink(broker: TansuBroker, topics: Topics, store_uri: str, group: str, 
            "--topic-prefix", topics.prefix, "--store", store_uri, "--group", group, "--migrate",
            "--max-batch-age-ms", "100", "--max-batch-rows", "3000", "--poll-timeout-ms", "100",
            "--session-timeout-ms", "2000", "--heartbeat-interval-ms", "400"]  # fmt: skip
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return spawn(cmd, log)
 
 
 def halves(w: Workload) -> tuple[list[tuple[int, list[bytes]]], list[tuple[int, list[bytes]]]]:
@@ -371,9 +364,7 @@ def test_sigkilled_sessionizer_and_sink_still_equal_ground_truth(
     logs = [tmp_path / "sessionizer.log", tmp_path / "sink.log"]
 
     async def scenario() -> None:
-        await ensure_topics(broker.bootstrap, topics, partitions=PARTITIONS)
-        first, rest = halves(w)
-        ends = await publish(broker.bootstrap, topics.traces, first)
+        ends, rest = await publish_first_half(broker, topics, w)
         worker = spawn_sessionizer(broker, topics, app_id, tmp_path, logs[0])
         sink = spawn_sink(broker, topics, store_uri, group, logs[1])
         procs = [worker, sink]
@@ -427,9 +418,7 @@ def test_two_sessionizers_share_partitions_and_survive_losing_one(
     migrate(store)
 
     async def scenario() -> None:
-        await ensure_topics(broker.bootstrap, topics, partitions=PARTITIONS)
-        first, rest = halves(w)
-        ends = await publish(broker.bootstrap, topics.traces, first)
+        ends, rest = await publish_first_half(broker, topics, w)
         a = spawn_sessionizer(broker, topics, app_id, tmp_path, logs[0])
         b = spawn_sessionizer(broker, topics, app_id, tmp_path, logs[1])
         sink = Sink(sink_config(broker, topics, store_uri, group), store=store)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 import zlib
@@ -18,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 import pytest
+from _processes import sessionizer_command, spawn, stop
 
 from tracehouse.app.embedded import TansuBroker, ensure_topics
 from tracehouse.processors.sessions import Sessionizer, SessionizerConfig, run_sessionizer
@@ -292,12 +291,8 @@ def test_sigkill_mid_stream_then_restart(broker: TansuBroker, topics: Topics, tm
     app_id = f"sessionizer-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "worker.log"
 
-    def spawn() -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "tracehouse.processors.sessions", "--bootstrap", broker.bootstrap,
-               "--topic-prefix", topics.prefix, "--app-id", app_id, "--partitions", str(PARTITIONS),
-               "--flush-interval-ms", "200", "--datadir", str(tmp_path / "faust"), "--loglevel", "INFO"]  # fmt: skip
-        with log.open("ab") as out:
-            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+    def worker() -> subprocess.Popen[bytes]:
+        return spawn(sessionizer_command(broker.bootstrap, topics.prefix, app_id, PARTITIONS, tmp_path / "faust"), log)
 
     async def scenario() -> None:
         await ensure_topics(broker.bootstrap, topics, partitions=PARTITIONS)
@@ -307,7 +302,7 @@ def test_sigkill_mid_stream_then_restart(broker: TansuBroker, topics: Topics, tm
             first += envs[: len(envs) // 2]
             rest += envs[len(envs) // 2 :]
         await publish(broker.bootstrap, topics.traces, first)
-        proc = spawn()
+        proc = worker()
         try:
             async with SessionsReader(broker.bootstrap, topics.sessions) as reader:
                 await reader.until(lambda: len(reader.latest) > 20, 60, "first records")
@@ -315,20 +310,14 @@ def test_sigkill_mid_stream_then_restart(broker: TansuBroker, topics: Topics, tm
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
                 killed_mid_stream = {sid: observed(r) for sid, r in reader.latest.items()} != expected
-                proc = spawn()
+                proc = worker()
                 await reader.until(
                     lambda: {sid: observed(r) for sid, r in reader.latest.items()} == expected, 70, "all sessions"
                 )
             assert killed_mid_stream
             assert "restored" in log.read_text()  # the second worker loaded its state from the changelog
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc, 20)
 
     try:
         asyncio.run(scenario())
@@ -346,9 +335,7 @@ def test_sigterm_flushes_what_was_folded_and_commits(broker: TansuBroker, topics
     expected = {sid: expected_record(sid, evs, work.watermark[partition_of(sid)]) for sid, evs in work.sessions.items()}
     app_id = f"sessionizer-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "worker.log"
-    cmd = [sys.executable, "-m", "tracehouse.processors.sessions", "--bootstrap", broker.bootstrap,
-           "--topic-prefix", topics.prefix, "--app-id", app_id, "--partitions", str(PARTITIONS),
-           "--flush-interval-ms", "600000", "--datadir", str(tmp_path / "faust"), "--loglevel", "INFO"]  # fmt: skip
+    cmd = sessionizer_command(broker.bootstrap, topics.prefix, app_id, PARTITIONS, tmp_path / "faust", 600_000)
 
     async def committed() -> dict[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=app_id, enable_auto_commit=False)
@@ -362,8 +349,7 @@ def test_sigterm_flushes_what_was_folded_and_commits(broker: TansuBroker, topics
     async def scenario() -> None:
         await ensure_topics(broker.bootstrap, topics, partitions=PARTITIONS)
         await publish(broker.bootstrap, topics.traces, work.envelopes)
-        with log.open("ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})  # noqa: ASYNC220
+        proc = spawn(cmd, log)
         try:
             # Consuming 120 sessions takes well under a second once the worker is up; it has no other
             # way to say it folded them (nothing is emitted before a flush), so give it ample time.
@@ -379,9 +365,7 @@ def test_sigterm_flushes_what_was_folded_and_commits(broker: TansuBroker, topics
             per_partition = {p: sum(1 for q, _ in work.envelopes if q == p) for p in range(PARTITIONS)}
             assert await committed() == per_partition
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            stop(proc, 0, signal.SIGKILL)
 
     try:
         asyncio.run(scenario())

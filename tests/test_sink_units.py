@@ -181,3 +181,17 @@ def test_failed_add_leaves_the_batch_unchanged() -> None:
         batch.add_event(decode_event(_dumps(poisoned)))
     assert {t: list(r) for t, r in batch.rows.rows.items()} == before
     assert batch.events == 1
+
+
+def test_every_count_the_sink_steps_make_is_a_stat() -> None:
+    """The steps count into ``SinkState.counts`` by name: a misspelt name would count nowhere."""
+    import re
+    from pathlib import Path
+
+    from tracehouse.processors import SinkStats, _state
+
+    source = "".join(p.read_text() for p in Path(_state.__file__).parent.glob("_*.py"))
+    named = set(re.findall(r"counts\[\"(\w+)\"\]", source))
+    assert named
+    assert named <= set(_state.COUNTED)
+    assert set(_state.COUNTED) <= set(SinkStats.__dataclass_fields__)

@@ -13,32 +13,8 @@ __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 from typing import Any
 
-from tracehouse.producers import (
-    AssessmentSource,
-    AssessmentSourceType,
-    ImmutableMetadataError,
-    LiveSpan,
-    NoOpSpan,
-    PublisherStats,
-    SpanScope,
-    SpanType,
-    TracehouseConfig,
-    TracehouseMiddleware,
-    configure,
-    delete_trace_tag,
-    flush,
-    get_config,
-    get_current_active_span,
-    get_last_active_trace_id,
-    log_expectation,
-    log_feedback,
-    set_trace_tag,
-    shutdown,
-    start_span,
-    stats,
-    trace,
-    update_current_trace,
-)
+import tracehouse.producers as _sdk
+from tracehouse.producers import *  # noqa: F403  (the SDK's names are tracehouse's: tracehouse.producers.__all__)
 from tracehouse.schemas.errors import TracehouseError
 
 # The import spec lists every source root too, as the package's path does (tools such as grimp read it).
@@ -63,32 +39,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_QUERY))
 
 
-__all__ = [
-    "AssessmentSource",
-    "AssessmentSourceType",
-    "ImmutableMetadataError",
-    "LiveSpan",
-    "NoOpSpan",
-    "PublisherStats",
-    "SpanScope",
-    "SpanType",
-    "TraceClient",
-    "TracehouseConfig",
-    "TracehouseError",
-    "TracehouseMiddleware",
-    "configure",
-    "delete_trace_tag",
-    "flush",
-    "get_config",
-    "get_current_active_span",
-    "get_last_active_trace_id",
-    "log_expectation",
-    "log_feedback",
-    "search_traces",
-    "set_trace_tag",
-    "shutdown",
-    "start_span",
-    "stats",
-    "trace",
-    "update_current_trace",
-]
+__all__ = [*_sdk.__all__, "TraceClient", "TracehouseError", "search_traces"]  # noqa: F405  (two of them lazy)

@@ -93,14 +93,9 @@ async def flush_group(state: SinkState, parts: list[PartitionState], token: str 
             await state.dlq.confirm(b.dead_letters)
         await state.consumer.commit({p.tp: p.batch.last_offset + 1 for p in parts if p.batch is not None})
     except (CommitFailedError, IllegalStateError) as exc:
-        log.warning("commit of a group of %d batches refused (%r); their new owners replay them", len(parts), exc)
-        for p in parts:
-            p.batch = None
-            p.lost = True
-            state.pause(p, None)
-        return False
+        return _moved_on(state, parts, f"commit of a group of {len(parts)} batches refused ({exc!r})")
     except Exception as exc:
-        state.counters.flush_failures += 1
+        state.counts["flush_failures"] += 1
         for p in parts:
             state.fail(p, None, f"grouped flush ({len(parts)} batches)", exc)
         return False
@@ -123,21 +118,25 @@ async def flush(state: SinkState, part: PartitionState, next_offset: int | None)
         await state.dlq.confirm(batch.dead_letters)
         await state.consumer.commit({tp: batch.last_offset + 1})
     except (CommitFailedError, IllegalStateError) as exc:
-        # The group moved on: whoever owns the partition now replays the batch from the ledger.
-        log.warning(
-            "%s[%d]: commit of [%d, %d] refused (%r); the new owner replays it",
-            tp[0], tp[1], batch.first_offset, batch.last_offset, exc,
-        )  # fmt: skip
-        part.batch = None
-        part.lost = True
-        state.pause(part, None)
-        return False
+        what = f"{tp[0]}[{tp[1]}]: commit of [{batch.first_offset}, {batch.last_offset}] refused ({exc!r})"
+        return _moved_on(state, [part], what)
     except Exception as exc:
-        state.counters.flush_failures += 1
+        state.counts["flush_failures"] += 1
         state.fail(part, next_offset, f"flush of [{batch.first_offset}, {batch.last_offset}]", exc)
         return False
     await flushed(state, part, batch)
     return True
+
+
+def _moved_on(state: SinkState, parts: list[PartitionState], what: str) -> bool:
+    """The group moved on (a rebalance): whoever owns the partitions now replays their batches from the
+    ledger. Drop them uncommitted and stop fetching until the new assignment."""
+    log.warning("%s; the new owner replays it", what)
+    for p in parts:
+        p.batch = None
+        p.lost = True
+        state.pause(p, None)
+    return False
 
 
 async def flushed(state: SinkState, part: PartitionState, batch: PartitionBatch) -> None:
@@ -145,15 +144,15 @@ async def flushed(state: SinkState, part: PartitionState, batch: PartitionBatch)
     part.batch = None
     if batch.bound is not None:
         part.replay_end = None
-        state.counters.replayed += 1
+        state.counts["replayed_batches"] += 1
     if part.retry_at is not None:
         part.retry_at = None
         state.resume(part)
     part.failures = 0
-    counters = state.counters
-    counters.batches += 1
-    counters.events_written += batch.events
-    counters.rows_written += batch.rows_written
+    counts = state.counts
+    counts["batches"] += 1
+    counts["events_written"] += batch.events
+    counts["rows_written"] += batch.rows_written
     state.set_committed(part.tp, batch.last_offset + 1)
     async with state.commit_cond:
         state.commit_cond.notify_all()

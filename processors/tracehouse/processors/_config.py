@@ -9,24 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Literal
 
 from tracehouse.schemas import Topics
 from tracehouse.schemas import settings as s
 from tracehouse.schemas.errors import ConfigurationError
 
-ENV_BOOTSTRAP: Final = s.KAFKA_BOOTSTRAP.env
-ENV_TOPIC_PREFIX: Final = s.TOPIC_PREFIX.env
-ENV_STORE_URI: Final = s.STORE_URI.env
-
-DEFAULT_BOOTSTRAP: Final = s.KAFKA_BOOTSTRAP.default
-DEFAULT_STORE_URI: Final = s.STORE_URI.default
-DEFAULT_GROUP_ID: Final = s.SINK_GROUP.default
+#: The sink's variables and defaults, as declared in :mod:`tracehouse.schemas.settings`.
+ENV_BOOTSTRAP, ENV_TOPIC_PREFIX, ENV_STORE_URI = s.KAFKA_BOOTSTRAP.env, s.TOPIC_PREFIX.env, s.STORE_URI.env
+DEFAULT_BOOTSTRAP, DEFAULT_STORE_URI = s.KAFKA_BOOTSTRAP.default, s.STORE_URI.default
+DEFAULT_GROUP_ID = s.SINK_GROUP.default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SinkConfig:
-    """Everything the sink needs to know. Build it with :meth:`resolve` to honour the environment."""
+class SinkConfig(s.FromEnvironment):
+    """Everything the sink needs to know. Build it with :meth:`resolve` to honour the environment
+    (``SinkConfig.resolve(bootstrap=..., store_uri=..., env=..., **other_fields)``)."""
+
+    ENVIRONMENT: ClassVar[Mapping[str, s.Setting[Any]]] = {
+        "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX, "store_uri": s.STORE_URI,
+        "group_id": s.SINK_GROUP,
+    }  # fmt: skip
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
     bootstrap: str = DEFAULT_BOOTSTRAP
@@ -80,27 +83,6 @@ class SinkConfig:
             raise ConfigurationError("retry_backoff_max_ms must be at least retry_backoff_ms")
         if not self.group_id:
             raise ConfigurationError("group_id must not be empty")
-
-    @classmethod
-    def resolve(
-        cls,
-        *,
-        bootstrap: str | None = None,
-        topic_prefix: str | None = None,
-        store_uri: str | None = None,
-        group_id: str | None = None,
-        env: Mapping[str, str] | None = None,
-        **overrides: Any,
-    ) -> SinkConfig:
-        """Resolve explicit arguments, then ``TRACEHOUSE_*`` variables of ``env`` (default:
-        ``os.environ``), then defaults. ``overrides`` are any other field, passed as they are."""
-        return cls(
-            bootstrap=s.KAFKA_BOOTSTRAP.read(bootstrap, env),
-            topic_prefix=s.TOPIC_PREFIX.read(topic_prefix, env),
-            store_uri=s.STORE_URI.read(store_uri, env),
-            group_id=s.SINK_GROUP.read(group_id, env),
-            **overrides,
-        )
 
     @property
     def topics(self) -> Topics:

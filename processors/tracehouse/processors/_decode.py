@@ -39,9 +39,9 @@ async def decode_into(
     state: SinkState, batch: PartitionBatch, rec: Any, marks: dict[int, tuple[int, int]] | None = None
 ) -> None:
     """Decode the record ``rec`` into ``batch`` (``marks``: a rollups partition's applied positions)."""
-    counters = state.counters
+    counts = state.counts
     value: bytes | None = rec.value
-    counters.envelopes += 1
+    counts["envelopes"] += 1
     if not value:
         return
     problem = envelope_problem(value, rec.headers)
@@ -49,14 +49,14 @@ async def decode_into(
         await dead_letter(state, batch, rec, WHOLE_MESSAGE, value, problem)
         return
     for index, line in enumerate(split_envelope(value)):
-        counters.lines += 1
+        counts["lines"] += 1
         try:
             result = validate_line(line)
             if isinstance(result, Rejection):
                 reason = result.reason
             elif isinstance(result, UserTraceFact) and marks is not None:
                 if not advance_mark(marks, result.src_partition, result.src_offset, result.src_line):
-                    counters.facts_skipped += 1  # re-emitted by a sessionizer replay: applied already
+                    counts["replayed_facts_skipped"] += 1  # re-emitted by a sessionizer replay: applied already
                     continue
                 batch.add_event(result)
                 batch.marks[result.src_partition] = marks[result.src_partition]
@@ -84,5 +84,5 @@ async def dead_letter(state: SinkState, batch: PartitionBatch, rec: Any, line: i
         key=rec.key,
     )
     batch.dead_letters.append(await state.dlq.send(letter))
-    state.counters.rejected += 1
+    state.counts["events_rejected"] += 1
     state.warnings.note(letter)

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import time
 import types
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aiokafka.errors import IllegalStateError
 
@@ -64,21 +65,11 @@ class SinkStats:
     assigned: frozenset[Partition]
 
 
-@dataclass(slots=True)
-class Counters:
-    """The running counts behind :class:`SinkStats`."""
-
-    envelopes: int = 0
-    lines: int = 0
-    events_written: int = 0
-    rows_written: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    facts_skipped: int = 0
-    batches: int = 0
-    replayed: int = 0
-    flush_failures: int = 0
-    writes: int = 0
+#: The :class:`SinkStats` fields the steps count (``SinkState.counts[name] += n``).
+COUNTED: Final = (
+    "envelopes", "lines", "events_written", "rows_written", "events_rejected", "duplicates_skipped",
+    "replayed_facts_skipped", "batches", "replayed_batches", "flush_failures", "writes",
+)  # fmt: skip
 
 
 @dataclass(slots=True, eq=False)
@@ -117,7 +108,7 @@ class SinkState:
     ledger: Ledger | None = None
     parts: dict[Partition, PartitionState] = field(default_factory=dict)
     committed: dict[Partition, int] = field(default_factory=dict)
-    counters: Counters = field(default_factory=Counters)
+    counts: Counter[str] = field(default_factory=Counter)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     commit_cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     warnings: DeadLetterWarnings = field(default_factory=lambda: DeadLetterWarnings(10.0))
@@ -156,11 +147,8 @@ class SinkState:
         )  # fmt: skip
 
     def stats(self) -> SinkStats:
-        c = self.counters
         return SinkStats(
-            envelopes=c.envelopes, lines=c.lines, events_written=c.events_written, rows_written=c.rows_written,
-            events_rejected=c.rejected, duplicates_skipped=c.duplicates, replayed_facts_skipped=c.facts_skipped,
-            batches=c.batches, replayed_batches=c.replayed, flush_failures=c.flush_failures, writes=c.writes,
+            **{name: self.counts[name] for name in COUNTED},
             pending_events=sum(p.batch.events for p in self.parts.values() if p.batch is not None),
             committed=types.MappingProxyType(dict(self.committed)),
             assigned=frozenset((tp[0], tp[1]) for tp in self.parts),

@@ -16,19 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from tracehouse.schemas import (
-    AssessmentEvent,
-    Event,
-    EventDecodeError,
-    SessionRecord,
-    Span,
-    SpansEvent,
-    TagDeleteEvent,
-    TagSetEvent,
-    TraceEvent,
-    UserTraceFact,
-    decode_event,
-)
+from tracehouse.schemas import EventDecodeError, decode_event, events
 
 #: Largest value of an ``Int64`` nanosecond column (year 2262).
 MAX_NS: Final = 2**63 - 1
@@ -43,33 +31,33 @@ class Rejection:
     reason: str
 
 
-def check_event(event: Event) -> str | None:
+def check_event(event: events.Event) -> str | None:
     """What is wrong with a decoded event beyond its schema, or ``None`` when it is fine."""
-    if isinstance(event, TraceEvent):
+    if isinstance(event, events.TraceEvent):
         return _check_trace(event)
-    if isinstance(event, SpansEvent):
+    if isinstance(event, events.SpansEvent):
         if event.timestamp_ms is not None and event.timestamp_ms > MAX_MS:
             return f"invalid event: timestamp_ms {event.timestamp_ms} is out of range - at `$.timestamp_ms`"
         return _check_spans(event.spans)
-    if isinstance(event, (TagSetEvent, TagDeleteEvent)):
+    if isinstance(event, (events.TagSetEvent, events.TagDeleteEvent)):
         if event.timestamp_ns > MAX_NS:
             return f"invalid event: timestamp_ns {event.timestamp_ns} is out of range - at `$.timestamp_ns`"
         return None
-    if isinstance(event, AssessmentEvent) and event.create_time_ms > MAX_MS:
+    if isinstance(event, events.AssessmentEvent) and event.create_time_ms > MAX_MS:
         return f"invalid event: create_time_ms {event.create_time_ms} is out of range - at `$.create_time_ms`"
-    if isinstance(event, UserTraceFact):
+    if isinstance(event, events.UserTraceFact):
         for name in ("timestamp_ms", "execution_time_ms"):
             if getattr(event, name) > MAX_MS:
                 return f"invalid event: {name} {getattr(event, name)} is out of range - at `$.{name}`"
         return None
-    if isinstance(event, SessionRecord):
+    if isinstance(event, events.SessionRecord):
         for name in ("first_ms", "last_ms", "last_end_ms"):
             if getattr(event, name) > MAX_MS:
                 return f"invalid event: {name} {getattr(event, name)} is out of range - at `$.{name}`"
     return None
 
 
-def _check_trace(event: TraceEvent) -> str | None:
+def _check_trace(event: events.TraceEvent) -> str | None:
     if event.timestamp_ms > MAX_MS:
         return f"invalid event: timestamp_ms {event.timestamp_ms} is out of range - at `$.timestamp_ms`"
     if event.execution_time_ms > MAX_MS:
@@ -96,7 +84,7 @@ def _check_trace(event: TraceEvent) -> str | None:
     return None
 
 
-def _check_spans(spans: Sequence[Span]) -> str | None:
+def _check_spans(spans: Sequence[events.Span]) -> str | None:
     """Unique ids, sane times, no span its own parent."""
     ids: set[str] = set()
     for i, span in enumerate(spans):
@@ -118,7 +106,7 @@ def _check_spans(spans: Sequence[Span]) -> str | None:
     return None
 
 
-def validate_line(line: bytes) -> Event | Rejection:
+def validate_line(line: bytes) -> events.Event | Rejection:
     """Decode and check one NDJSON line. Never raises for bad input."""
     try:
         event = decode_event(line)

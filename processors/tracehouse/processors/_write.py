@@ -46,7 +46,7 @@ def check(state: SinkState, batches: list[PartitionBatch], *, grouped: bool) -> 
     for b in todo:
         duplicates = b.rows.trace_ids & (stored | seen)
         if duplicates:
-            state.counters.duplicates += b.rows.drop_traces(duplicates)
+            state.counts["duplicates_skipped"] += b.rows.drop_traces(duplicates)
             log.info("%s[%d]: skipped %d trace events already logged", b.topic, b.partition, len(duplicates))
         if partial(b):
             drop_stored(state.store, b.rows)
@@ -68,7 +68,7 @@ def write(state: SinkState, batch: PartitionBatch) -> None:
         batch.rows_written = write_batch(state.store, batch.rows, batch.token(state.config.group_id),
                                          deduplicate=not exact)  # fmt: skip
         batch.written = True
-        state.counters.writes += 1
+        state.counts["writes"] += 1
     if batch.marks and not batch.marked:
         state.ledger.record_marks(batch.topic, batch.partition, batch.marks)
         batch.marked = True
@@ -94,7 +94,7 @@ def write_group(state: SinkState, batches: list[PartitionBatch], token: str) -> 
         for table, rows in b.rows.rows.items():
             merged.rows[table].extend(rows)
     write_batch(state.store, merged, token)
-    state.counters.writes += 1
+    state.counts["writes"] += 1
     for b in pending:
         b.rows_written = b.row_count()
         b.written = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, ClassVar, Final
 
 from tracehouse.schemas import settings as s
 from tracehouse.schemas.errors import ConfigurationError
@@ -15,8 +15,14 @@ DEFAULT_RYW_TIMEOUT_S: Final = s.READ_YOUR_WRITES_TIMEOUT_S.default
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    """Where the HTTP server publishes what MLflow clients and OTLP exporters send."""
+class GatewayConfig(s.FromEnvironment):
+    """Where the HTTP server publishes what MLflow clients and OTLP exporters send. Build it with
+    :meth:`resolve` to honour the environment."""
+
+    ENVIRONMENT: ClassVar[Mapping[str, s.Setting[Any]]] = {
+        "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX, "sink_group": s.SINK_GROUP,
+        "read_your_writes_timeout_s": s.READ_YOUR_WRITES_TIMEOUT_S,
+    }  # fmt: skip
 
     #: Kafka bootstrap servers.
     bootstrap: str
@@ -31,19 +37,3 @@ class GatewayConfig:
             raise ConfigurationError("the gateway needs Kafka bootstrap servers")
         if self.read_your_writes_timeout_s < 0:
             raise ConfigurationError("read_your_writes_timeout_s must be >= 0")
-
-    @classmethod
-    def resolve(
-        cls,
-        bootstrap: str | None = None,
-        topic_prefix: str | None = None,
-        sink_group: str | None = None,
-        read_your_writes_timeout_s: float | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> GatewayConfig:
-        return cls(
-            bootstrap=s.KAFKA_BOOTSTRAP.read(bootstrap, env),
-            topic_prefix=s.TOPIC_PREFIX.read(topic_prefix, env),
-            sink_group=s.SINK_GROUP.read(sink_group, env),
-            read_your_writes_timeout_s=s.READ_YOUR_WRITES_TIMEOUT_S.read(read_your_writes_timeout_s, env),
-        )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -52,6 +52,14 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
+def _parse(from_dict: Callable[[Mapping[str, Any]], E], raw: Mapping[str, Any], what: str) -> E:
+    """An MLflow entity from its JSON, or a 400 saying what is wrong with it."""
+    try:
+        return from_dict(raw)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidRequest(f"invalid {what}: {exc}") from None
+
+
 def _strings(value: Any, what: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -70,10 +78,7 @@ def trace_info_events(body: Mapping[str, Any]) -> tuple[TraceEvent, list[Assessm
     assessments logged with it."""
     trace = body.get("trace", body)
     raw = _object(_object(trace, "trace").get("trace_info") or trace.get("traceInfo") or trace, "trace_info")
-    try:
-        info = TraceInfo.from_dict(raw)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise InvalidRequest(f"invalid trace_info: {exc}") from None
+    info = _parse(TraceInfo.from_dict, raw, "trace_info")
     if not info.trace_id:
         raise InvalidRequest("invalid trace_info: trace_id is required")
     state = info.state.value
@@ -130,10 +135,7 @@ def content_id(data: Mapping[str, Any]) -> str:
 def assessment_from_request(trace_id: str, body: Mapping[str, Any]) -> AssessmentEvent:
     """A ``CreateAssessment`` body (``{"assessment": {...}}``) as an event."""
     raw = _object(body.get("assessment"), "assessment")
-    try:
-        a = Assessment.from_dict(raw)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise InvalidRequest(f"invalid assessment: {exc}") from None
+    a = _parse(Assessment.from_dict, raw, "assessment")
     if not a.name:
         raise InvalidRequest("invalid assessment: assessment_name is required")
     if raw.get("feedback") is None and raw.get("expectation") is None:

@@ -27,20 +27,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from tracehouse.schemas import (
-    SPAN_INPUTS,
-    SPAN_OUTPUTS,
-    SPAN_TOKEN_USAGE,
-    TRACE_INPUTS,
-    TRACE_NAME_TAG,
-    TRACE_OUTPUTS,
-    TRACE_SCHEMA_VERSION,
-    TRACE_SESSION,
-    TRACE_TOKEN_USAGE,
-    TRACE_USER,
-    Event,
-    TraceEvent,
-)
+from tracehouse.schemas import Event, TraceEvent, keys
 from tracehouse.schemas.errors import InvalidRequest
 from tracehouse.schemas.kafka import MAX_ENVELOPE_BYTES
 from tracehouse.schemas.mlflow import Span as QuerySpan
@@ -53,8 +40,8 @@ MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
 
-_USER_KEYS: Final = (TRACE_USER, "user.id", "enduser.id")
-_SESSION_KEYS: Final = (TRACE_SESSION, "session.id", "gen_ai.conversation.id")
+_USER_KEYS: Final = (keys.TRACE_USER, "user.id", "enduser.id")
+_SESSION_KEYS: Final = (keys.TRACE_SESSION, "session.id", "gen_ai.conversation.id")
 _SPAN_REQUEST_ID: Final = "mlflow.traceRequestId"
 _METADATA_CAP: Final = 250  # MLflow truncates traceInputs / traceOutputs to 250 characters
 _PREVIEW_CAP: Final = 1000
@@ -139,7 +126,7 @@ def _token_usage(spans: Sequence[QuerySpan]) -> str | None:
     totals = [0, 0]
     seen = False
     for s in spans:
-        usage = s.attributes.get(SPAN_TOKEN_USAGE)
+        usage = s.attributes.get(keys.SPAN_TOKEN_USAGE)
         if isinstance(usage, Mapping):
             pairs = (usage.get("input_tokens"), usage.get("output_tokens"))
         else:
@@ -160,18 +147,18 @@ def _trace_event(
 ) -> TraceEvent:
     others = [s.attributes for s in spans if s is not root]
     sources = [root.attributes, *others, resource]
-    metadata: dict[str, str] = {TRACE_SCHEMA_VERSION: "3"}
+    metadata: dict[str, str] = {keys.TRACE_SCHEMA_VERSION: "3"}
     if user := _first(sources, _USER_KEYS):
-        metadata[TRACE_USER] = user
+        metadata[keys.TRACE_USER] = user
     if session := _first(sources, _SESSION_KEYS):
-        metadata[TRACE_SESSION] = session
-    inputs = root.attributes.get(SPAN_INPUTS, root.attributes.get("input.value"))
-    outputs = root.attributes.get(SPAN_OUTPUTS, root.attributes.get("output.value"))
-    metadata[TRACE_INPUTS] = _text(inputs, _METADATA_CAP)
-    metadata[TRACE_OUTPUTS] = _text(outputs, _METADATA_CAP)
+        metadata[keys.TRACE_SESSION] = session
+    inputs = root.attributes.get(keys.SPAN_INPUTS, root.attributes.get("input.value"))
+    outputs = root.attributes.get(keys.SPAN_OUTPUTS, root.attributes.get("output.value"))
+    metadata[keys.TRACE_INPUTS] = _text(inputs, _METADATA_CAP)
+    metadata[keys.TRACE_OUTPUTS] = _text(outputs, _METADATA_CAP)
     if usage := _token_usage(spans):
-        metadata[TRACE_TOKEN_USAGE] = usage
-    tags = {TRACE_NAME_TAG: root.name[:8000]}
+        metadata[keys.TRACE_TOKEN_USAGE] = usage
+    tags = {keys.TRACE_NAME_TAG: root.name[:8000]}
     service = resource.get("service.name")
     if isinstance(service, str) and service:
         tags["service.name"] = service[:8000]
@@ -249,7 +236,7 @@ def _trace_events(
         # Too large for one message: the trace travels without its spans, which follow in chunks.
         stats = orjson.dumps({"num_spans": len(spans)}).decode()
         head = msgspec.structs.replace(event, spans=[], metadata={**event.metadata, SIZE_STATS: stats})
-        user, session = head.metadata.get(TRACE_USER, ""), head.metadata.get(TRACE_SESSION, "")
+        user, session = head.metadata.get(keys.TRACE_USER, ""), head.metadata.get(keys.TRACE_SESSION, "")
         return [head, *spans_events(trace_id, [schema_span(s) for s in spans], experiment_id=experiment_id,
                                     timestamp_ms=head.timestamp_ms, user_id=user, session_id=session)]
     user = _first([s.attributes for s in spans] + [resource], _USER_KEYS)

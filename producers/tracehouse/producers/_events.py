@@ -13,18 +13,7 @@ from typing import Any, Final
 
 import orjson
 
-from tracehouse.schemas import (
-    SCHEMA_VERSION,
-    SPAN_INPUTS,
-    SPAN_OUTPUTS,
-    SPAN_TOKEN_USAGE,
-    SPAN_TYPE,
-    TRACE_INPUTS,
-    TRACE_NAME_TAG,
-    TRACE_OUTPUTS,
-    TRACE_SCHEMA_VERSION,
-    TRACE_TOKEN_USAGE,
-)
+from tracehouse.schemas import SCHEMA_VERSION, keys
 
 from ._record import LiveSpan, TraceRecord
 from ._serialize import truncate
@@ -76,7 +65,7 @@ def string_map(values: Mapping[Any, Any]) -> dict[str, str]:
 
 def _span_dict(span: LiveSpan) -> dict[str, Any]:
     attributes = dict(span._attributes)
-    attributes[SPAN_TYPE] = span.span_type
+    attributes[keys.SPAN_TYPE] = span.span_type
     out: dict[str, Any] = {
         "span_id": span.span_id,
         "name": truncate(span.name, MAX_SHORT_CHARS),
@@ -99,7 +88,7 @@ def _token_usage(spans: list[LiveSpan]) -> str | None:
     totals = dict.fromkeys(_TOKEN_FIELDS, 0)
     found = False
     for span in spans:
-        usage = span._attributes.get(SPAN_TOKEN_USAGE)
+        usage = span._attributes.get(keys.SPAN_TOKEN_USAGE)
         if usage is None:
             continue
         if isinstance(usage, str):
@@ -128,18 +117,18 @@ def build_trace_event(trace: TraceRecord) -> dict[str, Any]:
     end = root.end_time_ns if root.end_time_ns is not None else start
     error = root._status == "ERROR"
     attrs = root._attributes
-    inputs = preview_json(attrs[SPAN_INPUTS]) if SPAN_INPUTS in attrs else ""
-    outputs = preview_json(attrs[SPAN_OUTPUTS]) if SPAN_OUTPUTS in attrs and not error else ""
+    inputs = preview_json(attrs[keys.SPAN_INPUTS]) if keys.SPAN_INPUTS in attrs else ""
+    outputs = preview_json(attrs[keys.SPAN_OUTPUTS]) if keys.SPAN_OUTPUTS in attrs and not error else ""
 
     metadata = string_map(trace.metadata)
-    metadata[TRACE_SCHEMA_VERSION] = "3"
-    metadata[TRACE_INPUTS] = truncate(inputs, PREVIEW_CHARS)
-    metadata[TRACE_OUTPUTS] = truncate(outputs, PREVIEW_CHARS)
+    metadata[keys.TRACE_SCHEMA_VERSION] = "3"
+    metadata[keys.TRACE_INPUTS] = truncate(inputs, PREVIEW_CHARS)
+    metadata[keys.TRACE_OUTPUTS] = truncate(outputs, PREVIEW_CHARS)
     usage = _token_usage(trace.spans)
     if usage is not None:
-        metadata[TRACE_TOKEN_USAGE] = usage
+        metadata[keys.TRACE_TOKEN_USAGE] = usage
     tags = string_map(trace.tags)
-    tags.setdefault(TRACE_NAME_TAG, truncate(root.name, MAX_VALUE_CHARS) or "span")
+    tags.setdefault(keys.TRACE_NAME_TAG, truncate(root.name, MAX_VALUE_CHARS) or "span")
 
     request_preview = trace.request_preview
     response_preview = trace.response_preview

@@ -12,29 +12,31 @@ objects as JSON that :meth:`Trace.from_dict` rebuilds losslessly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from tracehouse.schemas import settings
 from tracehouse.schemas.errors import RemoteError, TracehouseError
 from tracehouse.schemas.mlflow import Trace
 
-from ._operations import ReadOperation, operation
+from ._methods import ReadMethods, listed
+from ._operations import ReadOperation, iterate, operation
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from tracehouse.storage import Store
 
-    from ._analysis import SessionTimeline, UserSummary
     from ._reader import TracePage
-    from ._sessions import SessionDetail, SessionPage, SessionSummary
-    from ._users import UserDetail, UserPage, UserRollup, UserView
+    from ._sessions import SessionSummary
+    from ._users import UserRollup
 
 DEFAULT_URI = settings.SERVER_URI.default
 PAGE_LIMIT = 500
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class PagedList(list[T], Generic[T]):
@@ -93,7 +95,21 @@ class _HttpRunner:
         self._http.close()
 
 
-class TraceClient:
+def _dataframe(
+    search: Callable[Concatenate[TraceClient, P], PagedList[Trace]],
+) -> Callable[Concatenate[TraceClient, P], pd.DataFrame]:
+    """``search``, answered as a DataFrame with MLflow's ``search_traces`` columns."""
+
+    def search_df(client: TraceClient, /, *args: P.args, **kwargs: P.kwargs) -> pd.DataFrame:
+        from ._dataframe import traces_to_dataframe
+
+        return traces_to_dataframe(search(client, *args, **kwargs))
+
+    search_df.__doc__ = ":meth:`search_traces` as a DataFrame with MLflow's columns."
+    return search_df
+
+
+class TraceClient(ReadMethods):
     """Search and analyse traces. ``uri``: explicit > ``$TRACEHOUSE_URI`` > http://127.0.0.1:5000."""
 
     def __init__(self, uri: str | None = None, *, timeout: float = 30.0) -> None:
@@ -148,17 +164,7 @@ class TraceClient:
             if not token or len(out) >= max_results:
                 return PagedList(out, token)
 
-    def search_traces_df(
-        self,
-        experiment_ids: Sequence[str] | None = None,
-        filter_string: str | None = None,
-        max_results: int = 100,
-        order_by: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """:meth:`search_traces` as a DataFrame with MLflow's columns."""
-        from ._dataframe import traces_to_dataframe
-
-        return traces_to_dataframe(self.search_traces(experiment_ids, filter_string, max_results, order_by))
+    search_traces_df = _dataframe(search_traces)
 
     def get_trace(self, trace_id: str) -> Trace | None:
         """One trace with its spans, current tags and assessments, or ``None``."""
@@ -169,70 +175,21 @@ class TraceClient:
                 return None
             raise
 
-    def user_summary(
-        self, user_id: str, *, experiment_ids: Sequence[str] | None = None, source: str = "auto"
-    ) -> UserSummary:
-        """A user's interactions, unique sessions, response times and errors: from the per-user rollups
-        (``source="rollups"``), from the raw traces (``"traces"``), or the rollups when the user has
-        any (``"auto"``)."""
-        view: UserView = self.run("user", user_id=user_id, experiment_ids=list(experiment_ids) if experiment_ids
-                                  else None, source=source)  # fmt: skip
-        return view.user
-
-    def list_users(
-        self,
-        *,
-        experiment_ids: Sequence[str] | None = None,
-        since: int | None = None,
-        until: int | None = None,
-        order_by: str | Sequence[str] | None = None,
-        max_results: int = 100,
-        page_token: str | None = None,
-    ) -> UserPage:
-        """One page (≤ 500) of users with their rollups, ordered by any rollup column
-        (default ``interactions DESC``); see :func:`tracehouse.query.list_users`."""
-        orders = [order_by] if isinstance(order_by, str) else list(order_by) if order_by else None
-        return cast("UserPage", self.run(
-            "users", experiment_ids=list(experiment_ids) if experiment_ids else None, since=since, until=until,
-            order_by=orders, max_results=max_results, page_token=page_token,
-        ))  # fmt: skip
+    def _iterate(self, name: str, params: dict[str, Any]) -> Iterator[Any]:
+        op = operation(name)
+        flat = {k: listed(v) if k in ("experiment_ids", "order_by") else v for k, v in params.items()}
+        return iterate(self.run, op, flat, PAGE_LIMIT)
 
     def iter_users(self, **kwargs: Any) -> Iterator[UserRollup]:
         """Every user, page by page (``kwargs`` as :meth:`list_users`)."""
-        token = kwargs.pop("page_token", None)
-        kwargs.setdefault("max_results", PAGE_LIMIT)
-        while True:
-            page = self.list_users(page_token=token, **kwargs)
-            yield from page.users
-            token = page.next_page_token
-            if not token:
-                return
+        return self._iterate("users", kwargs)
 
     def list_users_df(self, *, max_results: int | None = 100, **kwargs: Any) -> pd.DataFrame:
         """Users and their rollups as a DataFrame (``kwargs`` as :meth:`list_users`), following pages
         until ``max_results`` (``None``: all)."""
         from ._dataframe import users_to_dataframe
 
-        out: list[UserRollup] = []
-        for user in self.iter_users(**kwargs):
-            if max_results is not None and len(out) >= max_results:
-                break
-            out.append(user)
-        return users_to_dataframe(out)
-
-    def get_user(
-        self,
-        user_id: str,
-        *,
-        experiment_ids: Sequence[str] | None = None,
-        since: int | None = None,
-        until: int | None = None,
-    ) -> UserDetail:
-        """A user's rollup over the selected days and its daily buckets (``summary`` is ``None`` for a
-        user without rollups)."""
-        view: UserView = self.run("user", user_id=user_id, experiment_ids=list(experiment_ids) if experiment_ids
-                                  else None, since=since, until=until)  # fmt: skip
-        return view.rollup
+        return users_to_dataframe(list(itertools.islice(self._iterate("users", kwargs), max_results)))
 
     def get_user_df(self, user_id: str, **kwargs: Any) -> pd.DataFrame:
         """A user's daily buckets as a DataFrame (``kwargs`` as :meth:`get_user`)."""
@@ -240,88 +197,18 @@ class TraceClient:
 
         return users_to_dataframe(self.get_user(user_id, **kwargs).days)
 
-    def session_timeline(
-        self,
-        session_id: str,
-        *,
-        experiment_ids: Sequence[str] | None = None,
-        page_token: str | None = None,
-        max_results: int = 100,
-    ) -> SessionTimeline:
-        """A session's turns in order (turn number, time, duration, status), one page at a time."""
-        return self.get_session(session_id, experiment_ids=experiment_ids, page_token=page_token,
-                                max_results=max_results).timeline
-
-    def list_sessions(
-        self,
-        user_id: str | None = None,
-        *,
-        experiment_ids: Sequence[str] | None = None,
-        status: str | None = None,
-        since: int | None = None,
-        until: int | None = None,
-        order_by: str | Sequence[str] | None = None,
-        max_results: int = 100,
-        page_token: str | None = None,
-    ) -> SessionPage:
-        """One page (≤ 500) of sessions, the newest record of each; see :func:`tracehouse.query.list_sessions`."""
-        orders = [order_by] if isinstance(order_by, str) else list(order_by) if order_by else None
-        return cast("SessionPage", self.run(
-            "sessions", user_id=user_id, experiment_ids=list(experiment_ids) if experiment_ids else None,
-            status=status, since=since, until=until, order_by=orders, max_results=max_results, page_token=page_token,
-        ))  # fmt: skip
-
     def iter_sessions(self, user_id: str | None = None, **kwargs: Any) -> Iterator[SessionSummary]:
         """Every matching session, page by page (``kwargs`` as :meth:`list_sessions`)."""
-        token = kwargs.pop("page_token", None)
-        kwargs.setdefault("max_results", PAGE_LIMIT)
-        while True:
-            page = self.list_sessions(user_id, page_token=token, **kwargs)
-            yield from page.sessions
-            token = page.next_page_token
-            if not token:
-                return
+        return self._iterate("sessions", {"user_id": user_id, **kwargs})
 
-    def list_sessions_df(
-        self,
-        user_id: str | None = None,
-        *,
-        experiment_ids: Sequence[str] | None = None,
-        status: str | None = None,
-        since: int | None = None,
-        until: int | None = None,
-        order_by: str | Sequence[str] | None = None,
-        max_results: int | None = 100,
-    ) -> pd.DataFrame:
+    def list_sessions_df(self, user_id: str | None = None, *, max_results: int | None = 100, **kwargs: Any
+                         ) -> pd.DataFrame:  # fmt: skip
         """Sessions as a DataFrame (one row per session, the columns of :class:`SessionSummary`),
-        following pages until ``max_results`` (``None``: all)."""
+        following pages until ``max_results`` (``None``: all); ``kwargs`` as :meth:`list_sessions`."""
         from ._dataframe import sessions_to_dataframe
 
-        out: list[SessionSummary] = []
-        token: str | None = None
-        while max_results is None or len(out) < max_results:
-            want = PAGE_LIMIT if max_results is None else min(PAGE_LIMIT, max_results - len(out))
-            page = self.list_sessions(user_id, experiment_ids=experiment_ids, status=status, since=since,
-                                      until=until, order_by=order_by, max_results=want, page_token=token)  # fmt: skip
-            out.extend(page.sessions)
-            token = page.next_page_token
-            if not token:
-                break
-        return sessions_to_dataframe(out)
-
-    def get_session(
-        self,
-        session_id: str,
-        *,
-        experiment_ids: Sequence[str] | None = None,
-        page_token: str | None = None,
-        max_results: int = 100,
-    ) -> SessionDetail:
-        """A session's stored summary (``None`` if not recorded) and one page of its turns."""
-        return cast("SessionDetail", self.run(
-            "session", session_id=session_id, experiment_ids=list(experiment_ids) if experiment_ids else None,
-            page_token=page_token, max_results=max_results,
-        ))  # fmt: skip
+        items = itertools.islice(self._iterate("sessions", {"user_id": user_id, **kwargs}), max_results)
+        return sessions_to_dataframe(list(items))
 
     def close(self) -> None:
         self._runner.close()

@@ -20,13 +20,14 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from tracehouse.schemas.errors import InvalidRequest
 
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 Kind = Literal["str", "int", "float", "bool", "strs"]
 Method = Literal["GET", "POST"]
 
@@ -177,7 +178,9 @@ class ReadOperation(Generic[R]):
                 continue
             if self.method == "GET" and f.kind == "bool":
                 value = "true" if value else "false"
-            payload[f.wire] = list(value) if f.kind == "strs" else value
+            if f.kind == "strs":
+                value = [value] if isinstance(value, str) else list(value)
+            payload[f.wire] = value
         return path, payload
 
 
@@ -286,14 +289,14 @@ def read_operation(
     decode: Callable[[Mapping[str, Any]], Any] | None = None,
     items: str | None = None,
     help: str | None = None,
-) -> Callable[[Callable[..., R]], Callable[..., R]]:
+) -> Callable[[F], F]:
     """Register the decorated ``fn(store, **params)`` as the read operation ``name`` served at
     ``method path``. The response body is ``encode(result)`` (default ``result.to_dict()``) and a client
     rebuilds the result with ``decode(body)`` (default ``result.from_dict(body)``). ``help`` is the
     one-line description (default: the docstring's first paragraph). The function itself is returned
     unchanged."""
 
-    def register(fn: Callable[..., R]) -> Callable[..., R]:
+    def register(fn: F) -> F:
         if name in _REGISTRY:
             raise ValueError(f"a read operation named {name!r} exists already")
         if decode is None and result is None:
@@ -328,6 +331,19 @@ def operation(name: str) -> ReadOperation[Any]:
         raise KeyError(f"no read operation {name!r}; there are {', '.join(_REGISTRY)}") from None
 
 
+def iterate(run: Callable[..., Any], op: ReadOperation[Any], params: Mapping[str, Any], page: int) -> Iterator[Any]:
+    """Every item of a paged operation's result, page by page (lazily), following ``next_page_token``."""
+    if op.items is None:
+        raise TypeError(f"{op.name} is not paged")
+    kwargs = {**params, "max_results": page}
+    while True:
+        result = run(op, **kwargs)
+        yield from getattr(result, op.items)
+        if not result.next_page_token:
+            return
+        kwargs["page_token"] = result.next_page_token
+
+
 def collect(run: Callable[..., Any], op: ReadOperation[Any], params: Mapping[str, Any], limit: int | None,
             page: int) -> Any:  # fmt: skip
     """Follow ``next_page_token`` until ``limit`` items (``None``: all) of a paged operation's result are
@@ -342,9 +358,8 @@ def collect(run: Callable[..., Any], op: ReadOperation[Any], params: Mapping[str
         gathered.extend(getattr(result, op.items))
         token = result.next_page_token
         if not token or (limit is not None and len(gathered) >= limit):
-            return dataclasses.replace(result, **{op.items: gathered[:limit] if limit else gathered})
+            return dataclasses.replace(result, **{op.items: gathered})
         kwargs["page_token"] = token
-
 
 
 #: Parameters most operations share, described once.

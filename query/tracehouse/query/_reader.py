@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from tracehouse.schemas.errors import InvalidFilterError, InvalidRequest, NotFound
 from tracehouse.schemas.mlflow import Trace, TraceData, TraceInfo
 from tracehouse.storage import Store
 
-from ._analysis import SessionTimeline, UserSummary, session_timeline
 from ._compile import compile_filter
 from ._filter import Comparison, parse_filter
 from ._hydrate import TRACE_SELECT, info_from_row, read_assessments, read_spans, read_tags
-from ._operations import Param, operation, read_operation
+from ._methods import ReadMethods
+from ._operations import Param, ReadOperation, operation, read_operation
 from ._order import keyset_predicate, order_by_sql, parse_order_by, sort_columns
 from ._paging import MAX_PAGE_SIZE, decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
-from ._sessions import SessionDetail, SessionPage, get_session, list_sessions
-from ._users import SummarySource, UserDetail, UserPage, get_user, list_users, user_summary
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +211,36 @@ def fetch_trace(store: Store, trace_id: str) -> Trace:
     return found[0]
 
 
-class TraceReader:
-    """Searches and reads traces of a :class:`~tracehouse.storage.Store`: the read operations of
-    :mod:`tracehouse.query` bound to one store, as typed methods.
+class _OnStore(Generic[P, R]):
+    """A :class:`TraceReader` method that is a query function called with the reader's store first:
+    its signature and docstring are the function's."""
 
-    ``run(name, **params)`` runs any registered read operation, those added later included.
+    def __init__(self, fn: Callable[Concatenate[Store, P], R]) -> None:
+        self._fn = fn
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, reader: None, owner: type[Any]) -> _OnStore[P, R]: ...
+
+    @overload
+    def __get__(self, reader: TraceReader, owner: type[Any]) -> Callable[P, R]: ...
+
+    def __get__(self, reader: TraceReader | None, owner: type[Any]) -> _OnStore[P, R] | Callable[P, R]:
+        if reader is None:
+            return self
+        fn, store = self._fn, reader.store
+
+        def bound(*args: P.args, **kwargs: P.kwargs) -> R:
+            return fn(store, *args, **kwargs)
+
+        return bound
+
+
+class TraceReader(ReadMethods):
+    """Searches and reads traces of a :class:`~tracehouse.storage.Store`: the read operations of
+    :mod:`tracehouse.query` bound to one store, as typed methods (the users and sessions ones are
+    :class:`~tracehouse.query._methods.ReadMethods`'). ``run(name, **params)`` runs any registered
+    read operation, those added later included.
     """
 
     #: Most traces one :meth:`search_traces` call returns; larger ``max_results`` are capped.
@@ -223,22 +249,12 @@ class TraceReader:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def run(self, name: str, /, **params: Any) -> Any:
-        """Run the read operation ``name`` (see :func:`tracehouse.query.operations`) on this store."""
-        return operation(name).run(self.store, **params)
+    def run(self, op: str | ReadOperation[Any], /, **params: Any) -> Any:
+        """Run a read operation (by name or object; see :func:`tracehouse.query.operations`) on this store."""
+        return (operation(op) if isinstance(op, str) else op).run(self.store, **params)
 
-    def search_traces(
-        self,
-        experiment_ids: Sequence[str] | None = None,
-        filter_string: str | None = None,
-        max_results: int = 100,
-        order_by: Sequence[str] | None = None,
-        page_token: str | None = None,
-        include_spans: bool = True,
-    ) -> TracePage:
-        """See :func:`tracehouse.query.search_page`."""
-        return search_page(self.store, experiment_ids, filter_string, max_results, order_by, page_token,
-                           include_spans)  # fmt: skip
+    search_traces = _OnStore(search_page)
+    get_traces = _OnStore(get_traces)
 
     def iter_traces(
         self,
@@ -257,10 +273,6 @@ class TraceReader:
             if not token:
                 return
 
-    def get_traces(self, trace_ids: Sequence[str], include_spans: bool = True) -> list[Trace]:
-        """The traces with these ids, in the order given; unknown ids are skipped."""
-        return get_traces(self.store, trace_ids, include_spans)
-
     def get_trace(self, trace_id: str, include_spans: bool = True) -> Trace | None:
         """The trace with its current tags, assessments and (by default) spans; None if unknown."""
         found = get_traces(self.store, [trace_id], include_spans)
@@ -270,53 +282,6 @@ class TraceReader:
         """The trace's info (tags and assessments included, no spans); None if unknown."""
         trace = self.get_trace(trace_id, include_spans=False)
         return None if trace is None else trace.info
-
-    def user_summary(self, user_id: str, experiment_ids: Sequence[str] | None = None,
-                     source: SummarySource = "auto") -> UserSummary:  # fmt: skip
-        """See :func:`tracehouse.query.user_summary`."""
-        return user_summary(self.store, user_id, experiment_ids, source)
-
-    def list_users(
-        self,
-        experiment_ids: Sequence[str] | None = None,
-        since: int | None = None,
-        until: int | None = None,
-        order_by: str | Sequence[str] | None = None,
-        max_results: int = 100,
-        page_token: str | None = None,
-    ) -> UserPage:
-        """See :func:`tracehouse.query.list_users`."""
-        return list_users(self.store, experiment_ids, since, until, order_by, max_results, page_token)
-
-    def get_user(self, user_id: str, experiment_ids: Sequence[str] | None = None, since: int | None = None,
-                 until: int | None = None) -> UserDetail:  # fmt: skip
-        """See :func:`tracehouse.query.get_user`."""
-        return get_user(self.store, user_id, experiment_ids, since, until)
-
-    def session_timeline(self, session_id: str, experiment_ids: Sequence[str] | None = None,
-                         page_token: str | None = None, max_results: int = 100) -> SessionTimeline:
-        """See :func:`tracehouse.query.session_timeline`."""
-        return session_timeline(self.store, session_id, experiment_ids, page_token, max_results)
-
-    def list_sessions(
-        self,
-        user_id: str | None = None,
-        experiment_ids: Sequence[str] | None = None,
-        status: str | None = None,
-        since: int | None = None,
-        until: int | None = None,
-        order_by: str | Sequence[str] | None = None,
-        max_results: int = 100,
-        page_token: str | None = None,
-    ) -> SessionPage:
-        """See :func:`tracehouse.query.list_sessions`."""
-        return list_sessions(self.store, user_id, experiment_ids, status, since, until, order_by, max_results,
-                             page_token)  # fmt: skip
-
-    def get_session(self, session_id: str, page_token: str | None = None, max_results: int = 100,
-                    experiment_ids: Sequence[str] | None = None) -> SessionDetail:  # fmt: skip
-        """See :func:`tracehouse.query.get_session`."""
-        return get_session(self.store, session_id, page_token, max_results, experiment_ids)
 
 
 def collect_traces(search: Callable[..., TracePage], max_results: int | None = None, **kwargs: Any

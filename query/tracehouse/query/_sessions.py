@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from tracehouse.schemas.errors import InvalidParameterError
 from tracehouse.storage import Store
@@ -19,6 +19,7 @@ from tracehouse.storage import Store
 from ._analysis import SessionTimeline, session_timeline
 from ._listing import keyset_after, millis, parse_order
 from ._operations import ExperimentIds, PageToken, Param, read_operation
+from ._page import Page
 from ._paging import decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 
@@ -93,25 +94,14 @@ class SessionSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionPage:
+class SessionPage(Page):
     """One page of :func:`list_sessions`; ``next_page_token`` is set only while sessions remain."""
 
     sessions: list[SessionSummary] = field(default_factory=list)
     next_page_token: str | None = None
 
-    def __iter__(self) -> Any:
-        return iter(self.sessions)
-
-    def __len__(self) -> int:
-        return len(self.sessions)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"sessions": [s.to_dict() for s in self.sessions], "next_page_token": self.next_page_token}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SessionPage:
-        return cls(sessions=[SessionSummary.from_dict(s) for s in d.get("sessions") or []],
-                   next_page_token=d.get("next_page_token") or None)  # fmt: skip
+    ITEMS: ClassVar[str] = "sessions"
+    ITEM: ClassVar[Any] = SessionSummary
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from tracehouse.schemas.errors import InvalidParameterError
 from tracehouse.storage import Store
@@ -30,6 +30,7 @@ from tracehouse.storage import Store
 from ._analysis import UserSummary, user_summary_from_traces
 from ._listing import keyset_after, millis, parse_order
 from ._operations import ExperimentIds, PageToken, Param, SinceMs, UntilMs, read_operation
+from ._page import Page
 from ._paging import decode_page_token, encode_page_token, fingerprint, page_size
 from ._params import Params
 
@@ -138,25 +139,14 @@ class UserRollup:
 
 
 @dataclass(frozen=True, slots=True)
-class UserPage:
+class UserPage(Page):
     """One page of :func:`list_users`; ``next_page_token`` is set only while users remain."""
 
     users: list[UserRollup] = field(default_factory=list)
     next_page_token: str | None = None
 
-    def __iter__(self) -> Any:
-        return iter(self.users)
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"users": [u.to_dict() for u in self.users], "next_page_token": self.next_page_token}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> UserPage:
-        return cls(users=[UserRollup.from_dict(u) for u in d.get("users") or []],
-                   next_page_token=d.get("next_page_token") or None)  # fmt: skip
+    ITEMS: ClassVar[str] = "users"
+    ITEM: ClassVar[Any] = UserRollup
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,10 @@ from ._codec import (
     envelope_headers,
     split_envelope,
 )
-from ._events import (
+from ._examples import example, invalid_examples
+from ._topics import DEFAULT_TOPIC_PREFIX, Topics
+from .errors import EventDecodeError
+from .events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     SPAN_ID_PATTERN,
@@ -28,8 +31,7 @@ from ._events import (
     TraceEvent,
     UserTraceFact,
 )
-from ._examples import example, invalid_examples
-from ._keys import (
+from .keys import (
     IMMUTABLE_TAGS,
     SESSION_KEYS,
     SPAN_FUNCTION_NAME,
@@ -47,8 +49,6 @@ from ._keys import (
     USER_KEYS,
     resolve_identity,
 )
-from ._topics import DEFAULT_TOPIC_PREFIX, Topics
-from .errors import EventDecodeError
 
 __all__ = [
     "DEFAULT_TOPIC_PREFIX",

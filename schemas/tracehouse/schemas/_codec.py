@@ -15,8 +15,8 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from ._events import Event
 from .errors import EventDecodeError
+from .events import Event
 
 #: Kafka headers every envelope carries.
 HEADER_FORMAT: Final = "th-format"

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from ._events import EVENT_TYPES, SCHEMA_VERSION
+from .events import EVENT_TYPES, SCHEMA_VERSION
 
 SCHEMA_DIR = Path(__file__).with_name("jsonschema")
 

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, overload
 
 DEFAULT_TOPIC_PREFIX = "tracehouse."
+
+
+class _Topic:
+    """A topic of an installation: ``<prefix><suffix>``."""
+
+    def __init__(self, suffix: str, doc: str) -> None:
+        self.suffix, self.__doc__ = suffix, doc
+
+    @overload
+    def __get__(self, obj: None, owner: Any) -> _Topic: ...
+
+    @overload
+    def __get__(self, obj: Topics, owner: Any) -> str: ...
+
+    def __get__(self, obj: Topics | None, owner: Any) -> _Topic | str:
+        return self if obj is None else f"{obj.prefix}{self.suffix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,22 +30,7 @@ class Topics:
 
     prefix: str = DEFAULT_TOPIC_PREFIX
 
-    @property
-    def traces(self) -> str:
-        """Trace, tag and assessment events (NDJSON envelopes), keyed by session or trace id."""
-        return f"{self.prefix}traces.v1"
-
-    @property
-    def dlq(self) -> str:
-        """Events that failed to decode or validate, with the reason and origin in headers."""
-        return f"{self.prefix}dlq.v1"
-
-    @property
-    def sessions(self) -> str:
-        """Session records emitted by the sessionizer."""
-        return f"{self.prefix}sessions.v1"
-
-    @property
-    def user_rollups(self) -> str:
-        """Per-user rollup deltas emitted by the rollup processor."""
-        return f"{self.prefix}user-rollups.v1"
+    traces = _Topic("traces.v1", "Trace, tag and assessment events (NDJSON envelopes), keyed by session or trace id.")
+    dlq = _Topic("dlq.v1", "Events that failed to decode or validate, with the reason and origin in headers.")
+    sessions = _Topic("sessions.v1", "Session records emitted by the sessionizer.")
+    user_rollups = _Topic("user-rollups.v1", "Per-user rollup facts emitted by the sessionizer, keyed by user.")

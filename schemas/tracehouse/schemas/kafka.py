@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._codec import envelope_headers
-from ._events import AssessmentEvent, Event, SessionRecord, SpansEvent, TraceEvent, UserTraceFact
-from ._keys import resolve_identity
+from .events import AssessmentEvent, Event, SessionRecord, SpansEvent, TraceEvent, UserTraceFact
+from .keys import resolve_identity
 
 __all__ = [
     "KAFKA_MAX_MESSAGE_BYTES",

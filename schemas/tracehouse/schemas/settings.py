@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 from .errors import ConfigurationError
 
@@ -43,6 +43,7 @@ __all__ = [
     "STORE_URI",
     "TANSU_BINARY",
     "TOPIC_PREFIX",
+    "FromEnvironment",
     "Setting",
     "all_settings",
     "parse_bool",
@@ -70,29 +71,25 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
-def _count(raw: str) -> int:
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {raw!r}") from None
-
-
-def _seconds(raw: str) -> float:
-    try:
-        return float(raw.strip())
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
-
-
-def _milliseconds(raw: str) -> float:
-    try:
-        return float(raw.strip())
-    except ValueError:
-        raise ValueError(f"expected a number of milliseconds, got {raw!r}") from None
-
-
 def _verbatim(raw: str) -> str:
     return raw
+
+
+def _number(kind: Callable[[str], T], what: str) -> Callable[[str], T]:
+    """A parser of numbers that says what it expected."""
+
+    def parse(raw: str) -> T:
+        try:
+            return kind(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected {what}, got {raw!r}") from None
+
+    return parse
+
+
+_count = _number(int, "a whole number")
+_seconds = _number(float, "a number of seconds")
+_milliseconds = _number(float, "a number of milliseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +248,21 @@ TANSU_BINARY: Final[Setting[str | None]] = _declare(
 )  # fmt: skip
 
 
+class FromEnvironment:
+    """Mixin for a frozen configuration dataclass: ``resolve(**values)`` builds it with every field named in
+    ``ENVIRONMENT`` read through its :class:`Setting` (argument > environment > default) and every other
+    value passed as it is. ``env`` replaces ``os.environ`` (tests)."""
+
+    __slots__ = ()
+    #: The fields that have an environment variable, and their settings.
+    ENVIRONMENT: ClassVar[Mapping[str, Setting[Any]]] = {}
+
+    @classmethod
+    def resolve(cls, *, env: Mapping[str, str] | None = None, **values: Any) -> Self:
+        resolved = {name: setting.read(values.pop(name, None), env) for name, setting in cls.ENVIRONMENT.items()}
+        return cls(**resolved, **values)
+
+
 def all_settings() -> Iterator[Setting[Any]]:
     """Every declared setting, in declaration order."""
     return iter(tuple(_REGISTRY.values()))
@@ -289,7 +301,3 @@ def reference() -> str:
         lines.append(f"| `{s.env}` | {_default_text(s)} | {', '.join(s.used_by)} | {doc} |")
     lines.append("")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover - scripts/generate
-    print(reference(), end="")

@@ -6,16 +6,12 @@ Identity (``user_id``, ``session_id``) is resolved here once per trace and copie
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
 from tracehouse.schemas import (
-    SPAN_TOKEN_USAGE,
-    TRACE_NAME_TAG,
-    TRACE_TOKEN_USAGE,
     AssessmentEvent,
     Event,
     SessionRecord,
@@ -25,7 +21,7 @@ from tracehouse.schemas import (
     TagSetEvent,
     TraceEvent,
     UserTraceFact,
-    resolve_identity,
+    keys,
 )
 
 TRACE_COLUMNS: Final = (
@@ -112,36 +108,15 @@ def value_text(value: Any) -> str:
 
 
 def _tokens(event: TraceEvent) -> tuple[int, int, int]:
-    raw: Any = event.metadata.get(TRACE_TOKEN_USAGE)
-    usages: list[Mapping[str, Any]] = []
-    if raw:
-        try:
-            parsed = orjson.loads(raw)
-            if isinstance(parsed, dict):
-                usages.append(parsed)
-        except orjson.JSONDecodeError:
-            pass
-    if not usages:
-        usages = [
-            u for s in event.spans if isinstance(u := s.attributes.get(SPAN_TOKEN_USAGE), dict)
-        ]
-    totals = [0, 0, 0]
-    for usage in usages:
-        for i, key in enumerate(("input_tokens", "output_tokens", "total_tokens")):
-            v = usage.get(key)
-            if isinstance(v, int) and v >= 0:
-                totals[i] += v
-    if not totals[2]:
-        totals[2] = totals[0] + totals[1]
-    # Counts come from apps: never let an absurd one make the whole batch's insert fail.
-    return min(totals[0], UINT64_MAX), min(totals[1], UINT64_MAX), min(totals[2], UINT64_MAX)
+    return keys.trace_token_usage(event.metadata.get(keys.TRACE_TOKEN_USAGE),
+                                  lambda: (s.attributes.get(keys.SPAN_TOKEN_USAGE) for s in event.spans))  # fmt: skip
 
 
 def root_span_name(event: TraceEvent) -> str:
     for span in event.spans:
         if span.parent_span_id is None:
             return span.name
-    return event.tags.get(TRACE_NAME_TAG, "")
+    return event.tags.get(keys.TRACE_NAME_TAG, "")
 
 
 def _span_row(
@@ -244,12 +219,12 @@ def _add_trace(batch: RowBatch, event: TraceEvent) -> None:
     if event.trace_id in batch.trace_ids:
         return  # first write wins: metadata is immutable once a trace is logged
     root = next((s for s in event.spans if s.parent_span_id is None), None)
-    user, session = resolve_identity(event.metadata, root.attributes if root else None)
+    user, session = keys.resolve_identity(event.metadata, root.attributes if root else None)
     user_id, session_id = user or "", session or ""
-    name = root.name if root else event.tags.get(TRACE_NAME_TAG, "")
+    name = root.name if root else event.tags.get(keys.TRACE_NAME_TAG, "")
     tags = dict(event.tags)
-    if name and TRACE_NAME_TAG not in tags:
-        tags[TRACE_NAME_TAG] = name
+    if name and keys.TRACE_NAME_TAG not in tags:
+        tags[keys.TRACE_NAME_TAG] = name
     inp, out, total = _tokens(event)
     batch.rows["traces"].append(
         (

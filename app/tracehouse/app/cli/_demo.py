@@ -24,12 +24,20 @@ QUESTIONS = (
 
 @dataclass(frozen=True, slots=True)
 class DemoPlan:
+    """What ``tracehouse demo`` sends: sessions of a few users, each a few turns long."""
+
+    #: Distinct users; the first sessions go to each user once, the rest to random users.
     users: int = 20
+    #: Multi-turn sessions.
     sessions: int = 50
+    #: Turns of a session, drawn uniformly between these.
     min_turns: int = 2
     max_turns: int = 8
+    #: Share of model calls that fail (the turn is recorded as an ERROR trace).
     error_rate: float = 0.05
-    latency_scale: float = 0.05  # real seconds slept per simulated second of latency
+    #: Real seconds slept per simulated second of model latency.
+    latency_scale: float = 0.05
+    #: Same seed, same traffic.
     seed: int = 7
 
 

@@ -18,9 +18,9 @@ from starlette.routing import Route
 from tracehouse.query import fetch_trace, get_traces, operation
 from tracehouse.schemas.errors import InvalidRequest, NotFound
 from tracehouse.schemas.mlflow import Trace, TraceInfo
-from tracehouse.storage import Experiments, Store
+from tracehouse.storage import Experiment, Experiments, Store
 
-from ._http import guard, json_body, json_response
+from ._http import Handler, guard, json_body, json_response
 from ._write_routes import ARTIFACTS_PREFIX, parse_artifact_path
 
 #: MLflow's ``BatchGetTraces`` takes at most this many ids per call.
@@ -109,25 +109,25 @@ def mlflow_read_routes(store: Store, fresh: Fresh) -> tuple[list[Route], Route]:
             "multipart_uploads_enabled": False, "multipart_downloads_enabled": False,
         })  # fmt: skip
 
-    @guard
-    async def experiment_get(request: Request) -> Response:
-        experiment_id = request.query_params.get("experiment_id") or ""
-        if not experiment_id:
-            raise InvalidRequest("experiment_id is required")
-        exp = await run_in_threadpool(experiments.get, experiment_id)
-        if exp is None:
-            raise NotFound(f"No Experiment with id={experiment_id} exists")
-        return json_response({"experiment": exp.to_dict()})
+    def experiment_route(param: str, find: Callable[[str], Experiment | None], missing: str) -> Handler:
+        """GetExperiment / GetExperimentByName: one query parameter, the experiment or a 404."""
 
-    @guard
-    async def experiment_by_name(request: Request) -> Response:
-        name = request.query_params.get("experiment_name") or ""
-        if not name:
-            raise InvalidRequest("experiment_name is required")
-        exp = await run_in_threadpool(experiments.get_by_name, name)
-        if exp is None:
-            raise NotFound(f"Could not find experiment with name '{name}'")
-        return json_response({"experiment": exp.to_dict()})
+        @guard
+        async def handle(request: Request) -> Response:
+            value = request.query_params.get(param) or ""
+            if not value:
+                raise InvalidRequest(f"{param} is required")
+            exp = await run_in_threadpool(find, value)
+            if exp is None:
+                raise NotFound(missing.format(value))
+            return json_response({"experiment": exp.to_dict()})
+
+        return handle
+
+    experiment_get = experiment_route("experiment_id", experiments.get, "No Experiment with id={} exists")
+    experiment_by_name = experiment_route(
+        "experiment_name", experiments.get_by_name, "Could not find experiment with name '{}'"
+    )
 
     @guard
     async def experiment_create(request: Request) -> Response:

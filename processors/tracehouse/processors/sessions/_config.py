@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from tracehouse.schemas import Topics
 from tracehouse.schemas import settings as s
@@ -23,8 +23,12 @@ DEFAULT_PARTITIONS: Final = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SessionizerConfig:
+class SessionizerConfig(s.FromEnvironment):
     """Everything the sessionizer worker needs. Build it with :meth:`resolve` to honour the environment."""
+
+    ENVIRONMENT: ClassVar[Mapping[str, s.Setting[Any]]] = {
+        "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX,
+    }  # fmt: skip
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
     bootstrap: str = s.KAFKA_BOOTSTRAP.default
@@ -80,23 +84,6 @@ class SessionizerConfig:
             raise ConfigurationError("state_retention_ms must be at least inactivity_gap_ms (or None)")
         if self.max_records_per_envelope < 1:
             raise ConfigurationError("max_records_per_envelope must be at least 1")
-
-    @classmethod
-    def resolve(
-        cls,
-        *,
-        bootstrap: str | None = None,
-        topic_prefix: str | None = None,
-        env: Mapping[str, str] | None = None,
-        **overrides: Any,
-    ) -> SessionizerConfig:
-        """Resolve explicit arguments, then ``TRACEHOUSE_*`` variables of ``env`` (default:
-        ``os.environ``), then defaults. ``overrides`` are any other field, passed as they are."""
-        return cls(
-            bootstrap=s.KAFKA_BOOTSTRAP.read(bootstrap, env),
-            topic_prefix=s.TOPIC_PREFIX.read(topic_prefix, env),
-            **overrides,
-        )
 
     @property
     def topics(self) -> Topics:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Final
 
 import msgspec
-import orjson
 
 from tracehouse.schemas import SPAN_TOKEN_USAGE, TRACE_ID_PATTERN, TRACE_TOKEN_USAGE, resolve_identity
+from tracehouse.schemas.keys import trace_token_usage
 
 
 class TraceFacts(msgspec.Struct, frozen=True):
@@ -60,39 +60,20 @@ class _SpanUsages(msgspec.Struct):
 _header_decoder: Final = msgspec.json.Decoder(_TraceHeader)
 _spans_decoder: Final = msgspec.json.Decoder(_SpanUsages)
 _SPAN_USAGE_BYTES: Final = SPAN_TOKEN_USAGE.encode()
-_U64_MAX: Final = 2**64 - 1
 #: Longest user or session id the stateful processors use (the ``session`` / ``user_trace`` contracts).
 MAX_ID_LENGTH: Final = 250
-_TOKEN_KEYS: Final = ("input_tokens", "output_tokens", "total_tokens")
-
-
-def _counts(usages: list[dict[str, Any]]) -> tuple[int, int, int]:
-    """Summed token counts, as the sink computes them for the ``traces`` table."""
-    totals = [0, 0, 0]
-    for usage in usages:
-        for i, key in enumerate(_TOKEN_KEYS):
-            v = usage.get(key)
-            if isinstance(v, int) and v >= 0:
-                totals[i] += v
-    if not totals[2]:
-        totals[2] = totals[0] + totals[1]
-    return min(totals[0], _U64_MAX), min(totals[1], _U64_MAX), min(totals[2], _U64_MAX)
 
 
 def _tokens(metadata: dict[str, str], line: bytes) -> tuple[int, int, int]:
-    """Trace-level token usage; spans' usage when the trace has none usable (as the sink does)."""
-    raw = metadata.get(TRACE_TOKEN_USAGE)
-    if raw:
-        try:
-            usage = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            usage = None
-        if isinstance(usage, dict):
-            return _counts([usage])
-    if _SPAN_USAGE_BYTES not in line:
-        return 0, 0, 0
-    spans = _spans_decoder.decode(line).spans
-    return _counts([u for s in spans if isinstance(u := s.attributes.get(SPAN_TOKEN_USAGE), dict)])
+    """The trace's token usage, by the rule the sink applies (:func:`tracehouse.schemas.keys.trace_token_usage`);
+    the spans are decoded only when the trace has no usable usage of its own and its line names one."""
+
+    def span_usages() -> list[Any]:
+        if _SPAN_USAGE_BYTES not in line:
+            return []
+        return [s.attributes.get(SPAN_TOKEN_USAGE) for s in _spans_decoder.decode(line).spans]
+
+    return trace_token_usage(metadata.get(TRACE_TOKEN_USAGE), span_usages)
 
 
 def facts_from_line(line: bytes) -> TraceFacts | None:
