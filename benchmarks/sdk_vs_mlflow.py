@@ -55,9 +55,9 @@ def _mlflow_worker(calls: int, target: str) -> dict[str, float]:
 
 
 def _tracehouse_worker(calls: int, target: str) -> dict[str, float]:
-    from tracehouse.producers import _bench
+    from sdk_overhead import run
 
-    return _bench.main(["--calls", str(calls), "--bootstrap", target, "--topic-prefix", "bench."])
+    return run(calls, target, "bench.")
 
 
 def _compare(traced: Any, plain: Any, calls: int) -> dict[str, float]:

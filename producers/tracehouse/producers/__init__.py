@@ -20,6 +20,7 @@ APIs does (:class:`ImmutableMetadataError`, :class:`ValueError`).
 """
 
 from tracehouse.schemas.errors import ImmutableMetadataError
+from tracehouse.schemas.mlflow import AssessmentSource, AssessmentSourceType
 
 from ._api import (
     SpanScope,
@@ -30,7 +31,7 @@ from ._api import (
 )
 from ._config import TracehouseConfig
 from ._decorator import trace
-from ._feedback import AssessmentSource, AssessmentSourceType, log_expectation, log_feedback
+from ._feedback import log_expectation, log_feedback
 from ._lifecycle import configure, flush, get_config, shutdown, stats
 from ._middleware import TracehouseMiddleware
 from ._publishers import PublisherStats

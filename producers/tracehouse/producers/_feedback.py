@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from tracehouse.schemas import resolve_identity
+from tracehouse.schemas.mlflow import AssessmentSource, AssessmentSourceType
 
 from ._events import MAX_KEY_CHARS, MAX_TEXT_CHARS, assessment_event, string_map
 from ._ids import new_assessment_id
@@ -14,35 +14,6 @@ from ._runtime import RUNTIME
 from ._serialize import to_jsonable
 from ._tags import check_trace_id
 from ._trace import active_trace
-
-
-class AssessmentSourceType:
-    """Who produced an assessment (MLflow's ``AssessmentSourceType``)."""
-
-    HUMAN: Final = "HUMAN"
-    LLM_JUDGE: Final = "LLM_JUDGE"
-    CODE: Final = "CODE"
-    SOURCE_TYPE_UNSPECIFIED: Final = "SOURCE_TYPE_UNSPECIFIED"
-
-
-_SOURCE_TYPES: Final = frozenset({"HUMAN", "LLM_JUDGE", "CODE", "SOURCE_TYPE_UNSPECIFIED"})
-
-
-@dataclass(frozen=True, slots=True)
-class AssessmentSource:
-    """The source of an assessment: ``source_type`` (HUMAN, LLM_JUDGE, CODE, SOURCE_TYPE_UNSPECIFIED)
-    and ``source_id`` (e.g. the reviewer's user id, or the judge's name)."""
-
-    source_type: str = AssessmentSourceType.CODE
-    source_id: str = "default"
-
-    def __post_init__(self) -> None:
-        kind = str(getattr(self.source_type, "value", self.source_type)).upper()
-        if kind not in _SOURCE_TYPES:
-            raise ValueError(f"source_type must be one of {sorted(_SOURCE_TYPES)}, got {self.source_type!r}")
-        object.__setattr__(self, "source_type", kind)
-        if not isinstance(self.source_id, str) or len(self.source_id) > MAX_KEY_CHARS:
-            raise ValueError(f"source_id must be a string of at most {MAX_KEY_CHARS} characters")
 
 
 def _source(source: Any, default_type: str) -> dict[str, str]:

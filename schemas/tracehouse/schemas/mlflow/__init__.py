@@ -6,7 +6,7 @@ contracts of the Kafka topics (:mod:`tracehouse.schemas`): a :class:`Span` here 
 entity, what ``batchGet`` answers; :class:`tracehouse.schemas.Span` is a span inside a ``trace`` event.
 """
 
-from ._assessment import Assessment, AssessmentKind, AssessmentSource
+from ._assessment import Assessment, AssessmentKind, AssessmentSource, AssessmentSourceType
 from ._span import SPAN_REQUEST_ID, Span, SpanEvent, SpanStatusCode
 from ._trace import Trace, TraceData, TraceInfo, TraceMetadata, TraceState, TraceStatus
 from ._wire import from_key_values, key_values
@@ -16,6 +16,7 @@ __all__ = [
     "Assessment",
     "AssessmentKind",
     "AssessmentSource",
+    "AssessmentSourceType",
     "Span",
     "SpanEvent",
     "SpanStatusCode",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -13,12 +13,35 @@ from ._wire import format_timestamp, get_field, parse_timestamp
 AssessmentKind = Literal["feedback", "expectation"]
 
 
+class AssessmentSourceType:
+    """Who produced an assessment (MLflow's ``AssessmentSourceType``)."""
+
+    HUMAN: Final = "HUMAN"
+    LLM_JUDGE: Final = "LLM_JUDGE"
+    CODE: Final = "CODE"
+    SOURCE_TYPE_UNSPECIFIED: Final = "SOURCE_TYPE_UNSPECIFIED"
+
+
+_SOURCE_TYPES: Final = frozenset({"HUMAN", "LLM_JUDGE", "CODE", "SOURCE_TYPE_UNSPECIFIED"})
+_MAX_SOURCE_ID: Final = 250
+
+
 @dataclass(frozen=True, slots=True)
 class AssessmentSource:
-    """Who produced an assessment: ``HUMAN``, ``LLM_JUDGE`` or ``CODE``, and an id."""
+    """Who produced an assessment: ``source_type`` (``HUMAN``, ``LLM_JUDGE``, ``CODE``,
+    ``SOURCE_TYPE_UNSPECIFIED``; any case, or an enum with that ``value``) and ``source_id`` (e.g. the
+    reviewer's user id, or the judge's name; at most 250 characters). Anything else is a ``ValueError``."""
 
-    source_type: str = "CODE"
+    source_type: str = AssessmentSourceType.CODE
     source_id: str = "default"
+
+    def __post_init__(self) -> None:
+        kind = str(getattr(self.source_type, "value", self.source_type)).upper()
+        if kind not in _SOURCE_TYPES:
+            raise ValueError(f"source_type must be one of {sorted(_SOURCE_TYPES)}, got {self.source_type!r}")
+        object.__setattr__(self, "source_type", kind)
+        if not isinstance(self.source_id, str) or len(self.source_id) > _MAX_SOURCE_ID:
+            raise ValueError(f"source_id must be a string of at most {_MAX_SOURCE_ID} characters")
 
     def to_dict(self) -> dict[str, str]:
         return {"source_type": self.source_type, "source_id": self.source_id}

@@ -1,6 +1,6 @@
 """Measure what tracing adds to one call in the application thread.
 
-``python -m tracehouse.producers._bench [--bootstrap HOST:PORT] [--calls N]``
+``python benchmarks/sdk_overhead.py [--bootstrap HOST:PORT] [--calls N]``
 
 The measured call is a decorated function that opens one child span and calls
 ``update_current_trace`` (the README example). The publisher is enabled and pointed at
@@ -10,16 +10,15 @@ retrying). Each call is timed with ``perf_counter_ns``; the same body undecorate
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ._api import start_span, update_current_trace
-from ._decorator import trace
-from ._lifecycle import configure, flush, shutdown, stats
+import click
+
+from tracehouse import configure, flush, shutdown, start_span, stats, trace, update_current_trace
 
 
 def _body(user_id: str, session_id: str, message: str) -> str:
@@ -69,22 +68,17 @@ def _percentiles(samples: list[int]) -> tuple[float, float]:
     return cuts[49] / 1000.0, cuts[98] / 1000.0
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Run the benchmark, print the figures and return them (microseconds)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--bootstrap", default="127.0.0.1:1", help="Kafka bootstrap (default: unreachable)")
-    parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--topic-prefix", default="bench.")
-    args = parser.parse_args(argv)
+UNREACHABLE = "127.0.0.1:1"
 
-    configure(
-        kafka_bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, buffer_size=max(args.calls * 2, 1000)
-    )
+
+def run(calls: int = 20_000, bootstrap: str = UNREACHABLE, topic_prefix: str = "bench.") -> dict[str, float]:
+    """Run the benchmark, print the figures and return them (microseconds)."""
+    configure(kafka_bootstrap=bootstrap, topic_prefix=topic_prefix, buffer_size=max(calls * 2, 1000))
     _measure(_traced, 2_000)  # warm up; starts the publisher thread
     gc.collect()
-    baseline = _percentiles(_measure(_plain, args.calls))
-    traced = _percentiles(_measure(_traced, args.calls))
-    flushed = flush(timeout=10.0) if args.bootstrap != "127.0.0.1:1" else False
+    baseline = _percentiles(_measure(_plain, calls))
+    traced = _percentiles(_measure(_traced, calls))
+    flushed = flush(timeout=10.0) if bootstrap != UNREACHABLE else False
     counters = stats()
     shutdown(timeout=0.5 if not flushed else 5.0)
     result = {
@@ -95,13 +89,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "overhead_p50_us": traced[0] - baseline[0],
         "overhead_p99_us": traced[1] - baseline[1],
     }
-    print(f"calls: {args.calls}, bootstrap: {args.bootstrap}")
+    print(f"calls: {calls}, bootstrap: {bootstrap}")
     print(f"undecorated call   p50 {baseline[0]:7.2f} µs   p99 {baseline[1]:7.2f} µs")
     print(f"traced call        p50 {traced[0]:7.2f} µs   p99 {traced[1]:7.2f} µs")
     added = result["overhead_p50_us"], result["overhead_p99_us"]
     print(f"added by tracing   p50 {added[0]:7.2f} µs   p99 {added[1]:7.2f} µs")
     print(f"publisher: {counters}")
     return result
+
+
+@click.command(help=(__doc__ or "").split("\n\n")[0])
+@click.option("--bootstrap", default=UNREACHABLE, show_default=True, help="Kafka bootstrap (default: unreachable).")
+@click.option("--calls", default=20_000, show_default=True, help="Timed calls of each kind.")
+@click.option("--topic-prefix", default="bench.", show_default=True, help="Kafka topic prefix.")
+def main(bootstrap: str, calls: int, topic_prefix: str) -> None:
+    run(calls, bootstrap, topic_prefix)
 
 
 if __name__ == "__main__":
