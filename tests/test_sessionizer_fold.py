@@ -6,7 +6,7 @@ order, so the sink's marks (``advance_mark``) apply every trace's fact exactly o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from hypothesis import given, settings
@@ -215,3 +215,66 @@ def test_one_bad_trace_neither_crashes_nor_poisons_the_worker(tmp_path: Path) ->
     assert records["s"].get("user_ids", []) == []
     assert records["s"].get("status", "open") == "open"  # (defaults are omitted on the wire)
     assert not [f for b in batches for lines in b.facts.values() for f in lines]  # no user: no facts
+
+
+def _restored(tmp: Path, folded_through: int) -> Sessionizer:
+    """A worker whose partition 0 was flushed after folding through ``folded_through``: a closed
+    session and the watermark sentinel are in its (recovered) table."""
+    from tracehouse.processors.sessions._changelog import encode_state, state_key, watermark_key
+    from tracehouse.processors.sessions._facts import facts_from_line
+    from tracehouse.processors.sessions._session import apply, close, new_session
+
+    facts = facts_from_line(line(1, T0, "u", "s"))
+    assert facts is not None
+    state = new_session(facts, "s")
+    apply(state, facts)
+    close(state)
+    w = worker(tmp)
+    w.table.data[state_key(0, "s")] = encode_state(state)
+    w.table.data[watermark_key(0)] = b"%d:%d" % (T0, folded_through)
+    return w
+
+
+def test_an_offset_hole_after_recovery_is_read_again_not_skipped(tmp_path: Path) -> None:
+    """faust can lose the record it fetched while seeking after table recovery (faust-streaming#596):
+    the worker refuses the records after the hole (not folded, not acked) until the hole is read."""
+    w = _restored(tmp_path, folded_through=48)
+    assert w._contiguous(0, 48)  # the committed offset is at most one past what was folded
+    assert w._contiguous(0, 49)
+    w.fold(0, [line(2, T0 + MIN, "u", "s")], offset=49)
+    assert not w._contiguous(0, 51)  # offset 50 never arrived
+    assert not w._contiguous(0, 52)
+    assert w.stats.offset_holes == 1
+    assert w.folder.parts[0].hole is not None
+    assert w.folder.parts[0].hole[0] == 50
+    assert w._contiguous(0, 50)  # read again: the stream goes on
+    assert w.folder.parts[0].hole is None
+
+
+def test_faust_never_commits_over_an_offset_that_was_not_acked(tmp_path: Path) -> None:
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    worker(tmp_path)  # installs the guard
+    tp = TP("traces", 0)
+
+    def consumer(acked: list[int], committed: int) -> Any:
+        return type("C", (), {"_acked": {tp: list(acked)}, "_acked_index": {tp: set(acked)},
+                              "_committed_offset": {tp: committed}, "_gap": defaultdict(IntervalTree)})()  # fmt: skip
+
+    assert Consumer._new_offset(consumer([50, 51], committed=49), tp) is None  # 49 is missing
+    assert Consumer._new_offset(consumer([49, 50, 51], committed=49), tp) == 52
+
+
+def test_restored_sessions_have_their_records_emitted_again(tmp_path: Path) -> None:
+    """A crash between a flush's changelog write and its records would leave a state whose record no
+    one ever emits: the first flush after a restore emits the restored sessions' records again."""
+    w = _restored(tmp_path, folded_through=3)
+    w.fold(0, [], offset=4)
+    (batch,) = w._snapshot()
+    assert [orjson.loads(r)["session_id"] for r in batch.records] == ["s"]
+    assert batch.changelog == []  # the state itself is already in the changelog
+    assert w._snapshot() == []  # once

@@ -53,7 +53,7 @@ def snapshot(folder: Folder, generations: dict[int, int], committed: Callable[[i
         evicted = folder.evict(part, committed(p)) if folder.config.state_retention_ms is not None else []
         facts, part.outbox = part.outbox, {}
         mark = (part.watermark_ms, part.folded_offset)
-        if not part.dirty and not facts and not evicted and mark == part.saved_watermark:
+        if not part.dirty and not facts and not evicted and not part.reemit and mark == part.saved_watermark:
             continue
         part.saved_watermark = mark
         changelog: list[tuple[bytes, bytes | None]] = []
@@ -65,6 +65,10 @@ def snapshot(folder: Folder, generations: dict[int, int], committed: Callable[[i
             if not state.hidden:
                 records.append(encode_event(state.to_record()))
         changelog.extend((state_key(p, sid), None) for sid in evicted)
+        for sid in part.reemit - part.dirty:  # records only: the changelog holds these states already
+            if (restored := part.sessions.get(sid)) is not None:
+                records.append(encode_event(restored.to_record()))
+        part.reemit.clear()
         part.dirty.clear()
         batches.append(FlushBatch(p, generations.get(p, 0), changelog, records, facts, *mark))
     return batches

@@ -55,6 +55,8 @@ class SessionizerStats:
     sessions_evicted: int = 0
     #: Lines that were neither events of another type nor decodable (the sink dead-letters them).
     undecodable: int = 0
+    #: Envelopes delivered past an offset never delivered (a faust recovery race): refused and re-read.
+    offset_holes: int = 0
     flushes: int = 0
     records_emitted: int = 0
     sessions_closed: int = 0
@@ -87,6 +89,11 @@ class PartitionFold:
     restored_offset: int = -1
     #: ``(watermark, folded offset)`` as last written to the changelog.
     saved_watermark: tuple[int, int] = (0, -1)
+    #: Restored sessions whose records the next flush emits again: a crash between a flush's changelog
+    #: write and its records would otherwise leave records that nothing ever emits.
+    reemit: set[str] = field(default_factory=set)
+    #: The offset a refused envelope is waiting for, and since when (``time.monotonic()``).
+    hole: tuple[int, float] | None = None
 
 
 def restore(partition: int, table: Mapping[bytes, bytes | None], offset: int) -> PartitionFold:
@@ -113,7 +120,10 @@ def restore(partition: int, table: Mapping[bytes, bytes | None], offset: int) ->
     for ids in part.inferred.values():
         ids.sort(key=lambda sid: (part.sessions[sid].first_ms, sid))
     part.scanned_ms = part.watermark_ms
-    part.folded_offset = max(part.restored_offset, offset - 1)
+    # Restored: the stream must go on right after what was folded (the committed offset is at most one
+    # past it), so a later first offset is a hole. New: whatever comes first starts it.
+    part.folded_offset = part.restored_offset if table.get(prefix) is not None else offset - 1
+    part.reemit = {sid for sid, state in part.sessions.items() if not state.hidden}
     if part.sessions:
         log.info("partition %d: restored %d sessions", partition, len(part.sessions))
     else:

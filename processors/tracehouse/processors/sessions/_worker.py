@@ -38,6 +38,30 @@ log = logging.getLogger("tracehouse.sessionizer")
 AGENT_NAME: Final = "tracehouse.sessionizer.fold"
 TIMER_NAME: Final = "tracehouse.sessionizer.flush"
 TABLE_NAME: Final = "sessions"
+#: How long a refused offset hole may last before it is taken as a real gap in the topic.
+HOLE_PATIENCE_S: Final = 60.0
+
+
+def _never_commit_over_a_hole() -> None:
+    """faust-streaming 0.15.3 commits past an offset that was never acked when it is the only one
+    missing (faust-streaming#606: ``min(acked) - committed > 1`` where ``committed`` is already the next
+    offset to read). Commit nothing while the first acked offset is past the committed one and faust
+    knows of no gap to fill; once the hole is acked (``_contiguous`` reads it again) commits resume."""
+    from faust.transport.consumer import Consumer
+
+    original = Consumer._new_offset
+    if getattr(original, "tracehouse_guard", False):
+        return
+
+    def new_offset(self: Any, tp: Any) -> int | None:
+        acked, committed = self._acked[tp], self._committed_offset[tp]
+        if acked and committed is not None and min(acked) > committed and not self._gap[tp]:
+            return None
+        result: int | None = original(self, tp)
+        return result
+
+    new_offset.tracehouse_guard = True  # type: ignore[attr-defined]
+    Consumer._new_offset = new_offset  # type: ignore[method-assign]
 
 
 class Sessionizer:
@@ -47,6 +71,7 @@ class Sessionizer:
     def __init__(self, config: SessionizerConfig) -> None:
         import faust
 
+        _never_commit_over_a_hole()
         self.config = config
         self.stats = SessionizerStats()
         self.folder = Folder(config, self.stats)
@@ -105,13 +130,48 @@ class Sessionizer:
             stats = self.stats
             if stats.first_envelope_at is None:
                 stats.first_envelope_at = now
-            value = event.value
-            if value:
-                message = event.message
-                self.fold(message.partition, split_envelope(value), message.offset)
+            message = event.message
+            if not self._contiguous(message.partition, message.offset):
+                await self._reread(message.partition)
+                continue  # neither folded nor acked: it comes again after the hole
+            if event.value:
+                self.fold(message.partition, split_envelope(event.value), message.offset)
             stats.envelopes += 1
             stats.last_envelope_at = now
             self._pending.append(event)
+
+    def _contiguous(self, partition: int, offset: int) -> bool:
+        """Whether ``offset`` comes right after what was folded (or again: folding is idempotent).
+
+        faust-streaming 0.15.3 can lose the record fetched while it seeks a partition after table
+        recovery (faust-streaming#596) and then commits over the gap (#606); a hole refused here is read
+        again. A hole that persists for ``HOLE_PATIENCE_S`` is accepted (a producer with transactions
+        leaves real offset gaps) and logged."""
+        part = self.folder.partition(partition, self.table.data, offset)
+        if offset <= part.folded_offset + 1:
+            part.hole = None
+            return True
+        now = time.monotonic()
+        if part.hole is None or part.hole[0] != part.folded_offset + 1:
+            part.hole = (part.folded_offset + 1, now)
+            self.stats.offset_holes += 1
+            log.warning("partition %d: offset %d arrived before %d; reading again from %d",
+                        partition, offset, part.folded_offset + 1, part.folded_offset + 1)  # fmt: skip
+        elif now - part.hole[1] > HOLE_PATIENCE_S:
+            log.error("partition %d: offsets %d to %d never arrived; going on from %d",
+                      partition, part.hole[0], offset - 1, offset)  # fmt: skip
+            part.hole = None
+            part.folded_offset = offset - 1
+            return True
+        return False
+
+    async def _reread(self, partition: int) -> None:
+        """Seek the partition back to the first offset not folded (it also resets faust's read offset)."""
+        from faust.types import TP
+
+        part = self.folder.parts.get(partition)
+        if part is not None and part.hole is not None:
+            await self.app.consumer.seek(TP(self._traces.get_topic_name(), partition), part.hole[0])
 
     # ------------------------------------------------------------------------------------ flushing
 
