@@ -28,7 +28,7 @@ class SinkConfig(s.FromEnvironment):
 
     ENVIRONMENT: ClassVar[Mapping[str, s.Setting[Any]]] = {
         "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX, "store_uri": s.STORE_URI,
-        "group_id": s.SINK_GROUP,
+        "group_id": s.SINK_GROUP, "compression": s.KAFKA_COMPRESSION,
     }  # fmt: skip
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
@@ -66,6 +66,8 @@ class SinkConfig(s.FromEnvironment):
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     dlq_acks: Literal["all", 1] = "all"
+    #: Codec of the dead letters the sink produces.
+    compression: str = s.KAFKA_COMPRESSION.default
     #: Largest dead letter sent whole; a bigger one keeps its first 64 KiB (``th-dlq-truncated``).
     #: Keep it at or below the broker's ``message.max.bytes``.
     dlq_max_request_size: int = 1024 * 1024

@@ -162,6 +162,7 @@ class DeadLetterProducer:
         acks: str | int = "all",
         client_id: str = "",
         max_request_size: int = 1024 * 1024,
+        compression: str | None = None,
     ) -> None:
         self.topic = topic
         self._max_request_size = max_request_size
@@ -172,6 +173,7 @@ class DeadLetterProducer:
             linger_ms=5,
             max_request_size=max_request_size,
             client_id=client_id or "tracehouse-sink-dlq",
+            compression_type=compression,
         )
         self._started = False
 

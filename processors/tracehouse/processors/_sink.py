@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from tracehouse.schemas.kafka import producer_compression
 from tracehouse.storage import Ledger, Store
 
 from ._assign import Rebalance, check_ledger, pin
@@ -164,7 +165,8 @@ class Sink:
             state.store = await asyncio.to_thread(Store, cfg.store_uri)
         state.ledger = Ledger(state.store, cfg.group_id)
         state.dlq = DeadLetterProducer(cfg.bootstrap, cfg.dead_letter_topic, acks=cfg.dlq_acks,
-                                       client_id=f"{cfg.client_id}-dlq", max_request_size=cfg.dlq_max_request_size)
+                                       client_id=f"{cfg.client_id}-dlq", max_request_size=cfg.dlq_max_request_size,
+                                       compression=producer_compression(cfg.compression))
         state.consumer = AIOKafkaConsumer(
             bootstrap_servers=cfg.bootstrap,
             group_id=cfg.group_id,

@@ -21,7 +21,7 @@ class GatewayConfig(s.FromEnvironment):
 
     ENVIRONMENT: ClassVar[Mapping[str, s.Setting[Any]]] = {
         "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX, "sink_group": s.SINK_GROUP,
-        "read_your_writes_timeout_s": s.READ_YOUR_WRITES_TIMEOUT_S,
+        "read_your_writes_timeout_s": s.READ_YOUR_WRITES_TIMEOUT_S, "compression": s.KAFKA_COMPRESSION,
     }  # fmt: skip
 
     #: Kafka bootstrap servers.
@@ -31,6 +31,8 @@ class GatewayConfig(s.FromEnvironment):
     sink_group: str = DEFAULT_SINK_GROUP
     #: Longest a read waits for the sink to store this server's acknowledged writes.
     read_your_writes_timeout_s: float = DEFAULT_RYW_TIMEOUT_S
+    #: Codec of the Kafka messages the gateway publishes.
+    compression: str = s.KAFKA_COMPRESSION.default
 
     def __post_init__(self) -> None:
         if not self.bootstrap:

@@ -36,7 +36,8 @@ class Gateway:
         if waiter is None:
             waiter = self._group_waiter = GroupCommitWaiter(config.bootstrap, config.sink_group)
         self.fence = WriteFence(waiter, config.read_your_writes_timeout_s)
-        self.writer = EventWriter(config.bootstrap, self.topics.traces, self.fence)
+        self.writer = EventWriter(config.bootstrap, self.topics.traces, self.fence,
+                                  compression=config.compression)
         self._identities: OrderedDict[str, TraceIdentity] = OrderedDict()
 
     async def start(self) -> None:

@@ -15,7 +15,14 @@ from typing import Any, Final
 
 from tracehouse.schemas import Event, SessionRecord, UserTraceFact, encode_event
 from tracehouse.schemas.errors import InvalidRequest, Unavailable
-from tracehouse.schemas.kafka import KAFKA_MAX_MESSAGE_BYTES, MAX_ENVELOPE_BYTES, pack, partition_for, partition_key
+from tracehouse.schemas.kafka import (
+    KAFKA_MAX_MESSAGE_BYTES,
+    MAX_ENVELOPE_BYTES,
+    pack,
+    partition_for,
+    partition_key,
+    producer_compression,
+)
 
 from ._fence import WriteFence
 
@@ -36,9 +43,11 @@ class EventWriter:
     """An aiokafka producer for one topic; started and stopped with the HTTP app."""
 
     def __init__(
-        self, bootstrap: str, topic: str, fence: WriteFence | None = None, client_id: str = "tracehouse-gateway"
-    ) -> None:
+        self, bootstrap: str, topic: str, fence: WriteFence | None = None, client_id: str = "tracehouse-gateway",
+        *, compression: str = "zstd",
+    ) -> None:  # fmt: skip
         self.bootstrap, self.topic, self.fence, self.client_id = bootstrap, topic, fence, client_id
+        self.compression = compression
         self._producer: Any = None
 
     async def start(self) -> None:
@@ -52,6 +61,7 @@ class EventWriter:
             linger_ms=2,
             max_request_size=KAFKA_MAX_MESSAGE_BYTES,
             request_timeout_ms=int(_SEND_TIMEOUT_S * 1000),
+            compression_type=producer_compression(self.compression),
         )
         await producer.start()
         self._producer = producer

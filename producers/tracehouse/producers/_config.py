@@ -45,6 +45,8 @@ class TracehouseConfig:
     buffer_size: int = s.BUFFER_SIZE.default
     #: How long the publisher waits after the first event of a batch to gather more.
     linger_ms: float = s.LINGER_MS.default
+    #: Codec of the Kafka messages (``zstd``, ``lz4``, ``gzip``, ``snappy``, ``none``).
+    compression: str = s.KAFKA_COMPRESSION.default
     #: Largest Kafka message (NDJSON envelope) the publisher builds.
     max_envelope_bytes: int = s.MAX_ENVELOPE_BYTES.default
     #: Each string inside inputs, outputs and attributes is cut to this many characters.
@@ -68,6 +70,8 @@ class TracehouseConfig:
             problems.append("buffer_size must be >= 1")
         if self.linger_ms < 0:
             problems.append("linger_ms must be >= 0")
+        if self.compression not in s.COMPRESSION_CODECS:
+            problems.append(f"compression must be one of {', '.join(s.COMPRESSION_CODECS)}")
         if not 1024 <= self.max_envelope_bytes <= MAX_ENVELOPE_BYTES:
             problems.append(f"max_envelope_bytes must be between 1024 and {MAX_ENVELOPE_BYTES}")
         if self.max_payload_chars < 16:
@@ -95,6 +99,7 @@ ENVIRONMENT: Final[dict[str, s.Setting[Any]]] = {
     "enabled": s.ENABLED,
     "buffer_size": s.BUFFER_SIZE,
     "linger_ms": s.LINGER_MS,
+    "compression": s.KAFKA_COMPRESSION,
     "max_envelope_bytes": s.MAX_ENVELOPE_BYTES,
     "max_payload_chars": s.MAX_PAYLOAD_CHARS,
     "max_payload_items": s.MAX_PAYLOAD_ITEMS,

@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from tracehouse.schemas.kafka import producer_compression
+
 from ._config import TracehouseConfig
 from ._envelopes import build_batch
 from ._publishers import PublisherStats
@@ -245,6 +247,7 @@ class KafkaPublisher:
             "max_batch_size": cfg.max_envelope_bytes + 65_536,
             "max_request_size": max(2 * cfg.max_envelope_bytes, 1_048_576),
             "request_timeout_ms": 30_000,
+            "compression_type": producer_compression(cfg.compression),
         }
         options.update(cfg.kafka_options)
         producer = AIOKafkaProducer(**options)

@@ -28,6 +28,7 @@ __all__ = [
     "pack",
     "partition_for",
     "partition_key",
+    "producer_compression",
 ]
 
 #: Kafka's default ``message.max.bytes`` (1 MiB): what a broker accepts unless configured otherwise.
@@ -37,6 +38,12 @@ KAFKA_MAX_MESSAGE_BYTES: Final = 1024 * 1024
 MAX_ENVELOPE_BYTES: Final = 900 * 1024
 
 _HASH_CACHE_MAX: Final = 50_000
+
+
+def producer_compression(codec: str) -> str | None:
+    """aiokafka's ``compression_type`` for a ``TRACEHOUSE_KAFKA_COMPRESSION`` codec (``none``: ``None``)."""
+    return None if codec == "none" else codec
+
 _hash_cache: dict[bytes, int] = {}
 
 

@@ -29,9 +29,11 @@ __all__ = [
     "AUTH_TOKEN",
     "AUTH_USERNAME",
     "BUFFER_SIZE",
+    "COMPRESSION_CODECS",
     "ENABLED",
     "EXPERIMENT_ID",
     "KAFKA_BOOTSTRAP",
+    "KAFKA_COMPRESSION",
     "LINGER_MS",
     "MAX_ENVELOPE_BYTES",
     "MAX_PAYLOAD_CHARS",
@@ -73,6 +75,17 @@ def _text(raw: str) -> str:
 
 def _verbatim(raw: str) -> str:
     return raw
+
+
+#: The codecs Kafka producers may use (``none`` turns compression off).
+COMPRESSION_CODECS: Final = ("zstd", "lz4", "gzip", "snappy", "none")
+
+
+def _codec(raw: str) -> str:
+    codec = raw.strip().lower()
+    if codec not in COMPRESSION_CODECS:
+        raise ValueError(f"expected one of {', '.join(COMPRESSION_CODECS)}, got {raw!r}")
+    return codec
 
 
 def _number(kind: Callable[[str], T], what: str) -> Callable[[str], T]:
@@ -162,6 +175,13 @@ KAFKA_BOOTSTRAP: Final = _declare(
     "TRACEHOUSE_KAFKA_BOOTSTRAP", "localhost:9092",
     "Kafka bootstrap servers, `host:port[,host:port]`.", _text,
     "sdk", "sink", "sessionizer", "serve", "cli",
+)  # fmt: skip
+KAFKA_COMPRESSION: Final = _declare(
+    "TRACEHOUSE_KAFKA_COMPRESSION", "zstd",
+    "Compression of every Kafka message tracehouse produces (`zstd`, `lz4`, `gzip`, `snappy` or `none`). "
+    "zstd makes the embedded broker, which keeps every byte in memory, hold about a twentieth of the raw "
+    "trace bytes (see docs/reliability.md).", _codec,
+    "sdk", "sink", "sessionizer", "serve", "up",
 )  # fmt: skip
 TOPIC_PREFIX: Final = _declare(
     "TRACEHOUSE_TOPIC_PREFIX", "tracehouse.",

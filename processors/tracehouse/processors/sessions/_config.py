@@ -27,7 +27,7 @@ class SessionizerConfig(s.FromEnvironment):
     """Everything the sessionizer worker needs. Build it with :meth:`resolve` to honour the environment."""
 
     ENVIRONMENT: ClassVar[Mapping[str, s.Setting[Any]]] = {
-        "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX,
+        "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX, "compression": s.KAFKA_COMPRESSION,
     }  # fmt: skip
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
@@ -63,6 +63,8 @@ class SessionizerConfig(s.FromEnvironment):
     datadir: str = ".tracehouse/sessionizer"
     #: Most session records in one ``sessions.v1`` envelope.
     max_records_per_envelope: int = 1000
+    #: Codec of what the sessionizer produces (facts, records and its changelog).
+    compression: str = s.KAFKA_COMPRESSION.default
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.0
     commit_interval_s: float = 1.0

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from tracehouse.schemas import split_envelope
+from tracehouse.schemas.kafka import producer_compression
 
 from ._config import SessionizerConfig
 from ._emit import Emitter, FlushBatch, snapshot
@@ -99,6 +100,7 @@ class Sessionizer:
             stream_buffer_maxsize=4096,
             stream_wait_empty=False,
             producer_linger_ms=5,
+            producer_compression_type=producer_compression(config.compression),
             producer_max_batch_size=1 << 20,
             producer_max_request_size=16 << 20,
             producer_acks=-1,  # all in-sync replicas: an acked fact must survive a leader failover
