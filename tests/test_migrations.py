@@ -42,9 +42,9 @@ def test_rebuild_keeps_every_row_and_takes_the_new_layout(store_uri: str) -> Non
         at_version_4(store)
         fill_tags(store, 0, 20_000)
         before = store.query(TAGS)
-        applied = migrate(store)
+        applied = migrate(store, upto=5)
         assert [m.version for m in applied] == [5]
-        assert latest_version() == 5
+        assert latest_version() >= 5
         assert rebuilt(store, "trace_tags", GRANULES)
         assert store.query(TAGS) == before
         assert not store.query("EXISTS TABLE trace_tags_rebuild")[0][0]
@@ -52,7 +52,7 @@ def test_rebuild_keeps_every_row_and_takes_the_new_layout(store_uri: str) -> Non
         # 8192-row granules would make a handful of marks
         marks = store.query("SELECT sum(marks) FROM system.parts WHERE table = 'trace_tags' AND active")[0][0]
         assert marks >= len(before) // 256
-        assert migrate(store) == []
+        assert migrate(store, upto=5) == []
 
 
 class _WritesBeforeExchange(Store):
@@ -61,10 +61,12 @@ class _WritesBeforeExchange(Store):
 
     fail_after_exchange = False
 
-    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+    def command(
+        self, sql: str, parameters: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None
+    ) -> Any:
         if sql.startswith("EXCHANGE TABLES trace_tags"):
             fill_tags(self, 1_000_000, 500)
-        result = super().command(sql, parameters)
+        result = super().command(sql, parameters, settings)
         if sql.startswith("EXCHANGE TABLES trace_tags") and self.fail_after_exchange:
             raise ConnectionError("lost the server right after the exchange")
         return result
@@ -91,12 +93,12 @@ def test_a_failure_after_the_exchange_loses_nothing_on_rerun(store_uri: str) -> 
         fill_tags(store, 0, 5_000)
         store.fail_after_exchange = True
         with pytest.raises(ConnectionError):
-            migrate(store)
+            migrate(store, upto=5)
         # The new table is in place but holds only the copy; the late rows are still in the old one.
         assert store.query("EXISTS TABLE trace_tags_rebuild")[0][0]
         assert store.query("SELECT count() FROM trace_tags FINAL")[0][0] == visible(range(5_000))
         store.fail_after_exchange = False
-        assert [m.version for m in migrate(store)] == [5]
+        assert [m.version for m in migrate(store, upto=5)] == [5]
         late = range(1_000_000, 1_000_500)
         assert store.query("SELECT count() FROM trace_tags FINAL")[0][0] == visible(range(5_000)) + visible(late)
         assert not store.query("EXISTS TABLE trace_tags_rebuild")[0][0]

@@ -165,7 +165,7 @@ def list_sessions(
     search = fingerprint("sessions", user_id, experiments, status, since, until, keys)
 
     params = Params()
-    where: list[str] = []
+    where: list[str] = ["turns > 0"]  # a record reconciled to no stored trace (see storage._reconcile)
     if user_id is not None:
         u = params.add(user_id, "String")
         where.append(f"(user_id = {u} OR has(user_ids, {u}))")
@@ -185,7 +185,7 @@ def list_sessions(
     order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d, _ in columns)
     key_select = ", ".join(f"toInt64({c})" if t == "Int64" else c for c, _, t in columns)
     rows = store.query(
-        f"SELECT {_SELECT}, {key_select} FROM sessions FINAL WHERE {' AND '.join(where) or '1'} "
+        f"SELECT {_SELECT}, {key_select} FROM sessions FINAL WHERE {' AND '.join(where)} "
         f"ORDER BY {order} LIMIT {int(limit) + 1}",
         params.values,
     )
@@ -203,7 +203,7 @@ def session_summary(store: Store, session_id: str, experiment_ids: Sequence[str]
     """The newest stored record of ``session_id`` (the most recently active one if the id is used in
     several experiments), or ``None``."""
     params = Params()
-    where = f"session_id = {params.add(session_id, 'String')}"
+    where = f"session_id = {params.add(session_id, 'String')} AND turns > 0"
     if experiment_ids:
         where += f" AND experiment_id IN {params.add(sorted(set(experiment_ids)), 'Array(String)')}"
     rows = store.query(

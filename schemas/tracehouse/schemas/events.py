@@ -22,6 +22,10 @@ import msgspec
 
 SCHEMA_VERSION: Final = 1
 
+#: Most turns whose trace hashes a closed session record carries (about 530 KiB of base64).
+MAX_SEALED_TURNS: Final = 50_000
+MAX_SEALED_BASE64: Final = (MAX_SEALED_TURNS * 8 + 2) // 3 * 4
+
 TRACE_ID_PATTERN: Final = r"^tr-[0-9a-f]{32}$"
 SPAN_ID_PATTERN: Final = r"^[0-9a-f]{16}$"
 
@@ -157,6 +161,13 @@ class SessionRecord(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="
     total_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
     status: Literal["open", "closed"] = "open"
     inferred: bool = False
+    #: The trace ids of the first and the last turn (ties in time broken by id), when known.
+    first_trace_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    last_trace_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    #: Closed records only: the sorted 64-bit hashes of the trace ids counted (BLAKE2b, little-endian,
+    #: base64), so a sessionizer that reloads the session counts each trace once. Omitted past
+    #: :data:`MAX_SEALED_TURNS` turns.
+    trace_hashes: Annotated[str, msgspec.Meta(max_length=MAX_SEALED_BASE64)] = ""
     schema_version: Literal[1] = 1
 
 

@@ -6,6 +6,7 @@ from tracehouse.schemas.errors import StoreURIError
 from ._experiments import DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, Experiment, Experiments, experiment_id_for
 from ._ledger import LEDGER_TABLE, MARKS_TABLE, Ledger
 from ._migrations import MIGRATIONS, Migration, current_version, latest_version, migrate
+from ._reconcile import ReconcileReport, partition_watermarks, reconcile, version_at
 from ._rows import (
     SESSION_COLUMNS,
     TABLES,
@@ -16,6 +17,7 @@ from ._rows import (
     user_trace_row,
     value_text,
 )
+from ._state import STATE_TABLE, EpochRecord, StateTable
 from ._store import Store
 from ._writer import drop_stored, existing_trace_ids, write_batch
 
@@ -26,13 +28,17 @@ __all__ = [
     "MARKS_TABLE",
     "MIGRATIONS",
     "SESSION_COLUMNS",
+    "STATE_TABLE",
     "TABLES",
     "USER_TRACE_COLUMNS",
+    "EpochRecord",
     "Experiment",
     "Experiments",
     "Ledger",
     "Migration",
+    "ReconcileReport",
     "RowBatch",
+    "StateTable",
     "Store",
     "StoreURIError",
     "add_event_rows",
@@ -42,8 +48,11 @@ __all__ = [
     "experiment_id_for",
     "latest_version",
     "migrate",
+    "partition_watermarks",
+    "reconcile",
     "session_row",
     "user_trace_row",
     "value_text",
+    "version_at",
     "write_batch",
 ]

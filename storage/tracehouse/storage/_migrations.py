@@ -313,6 +313,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         # A rebuild (index_granularity cannot be altered) that keeps rows written meanwhile.
         steps=(_small_tag_granules,),
     ),
+    Migration(
+        6,
+        "what recovery needs: session records that can be reloaded, rollup buckets that can be recomputed, "
+        "and tracehouse's own state (the broker epoch, the last consistent point)",
+        (
+            # A closed record carries the hashes of its traces, so a sessionizer that evicted the session
+            # (or restarted on an empty broker) reloads it exactly; first/last trace ids break ties in time.
+            "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS first_trace_id String DEFAULT ''",
+            "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS last_trace_id String DEFAULT ''",
+            "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS trace_hashes String DEFAULT '' CODEC(ZSTD(1))",
+            # When a bucket last changed (the view leaves it to the default): reconciliation after a crash
+            # recomputes the buckets changed since the last consistent point.
+            "ALTER TABLE user_rollups_daily ADD COLUMN IF NOT EXISTS "
+            "updated_at SimpleAggregateFunction(max, DateTime64(3)) DEFAULT now64(3)",
+            # Small key/value records: the broker epoch the store was last fed from, the time up to which
+            # sessions and rollups are known to equal the stored traces. Newest version wins.
+            """
+            CREATE TABLE IF NOT EXISTS _tracehouse_state (
+                key String,
+                value String,
+                version UInt64,
+                updated_at DateTime64(3) DEFAULT now64(3)
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY key
+            """,
+        ),
+    ),
 )
 
 

@@ -41,7 +41,8 @@ ASSESSMENT_COLUMNS: Final = (
 SESSION_COLUMNS: Final = (
     "session_id", "experiment_id", "user_id", "user_ids", "first_ms", "last_ms", "last_end_ms", "turns",
     "error_turns", "total_duration_ms", "first_request_preview", "last_response_preview", "input_tokens",
-    "output_tokens", "total_tokens", "status", "inferred", "version",
+    "output_tokens", "total_tokens", "status", "inferred", "version", "first_trace_id", "last_trace_id",
+    "trace_hashes",
 )  # fmt: skip
 
 USER_TRACE_COLUMNS: Final = (
@@ -211,7 +212,8 @@ def session_row(event: SessionRecord) -> tuple[Any, ...]:
         list(event.user_ids), event.first_ms, event.last_ms, event.last_end_ms, u64(event.turns),
         u64(event.error_turns), u64(event.total_duration_ms), event.first_request_preview,
         event.last_response_preview, u64(event.input_tokens), u64(event.output_tokens),
-        u64(event.total_tokens), event.status, int(event.inferred), u64(event.version),
+        u64(event.total_tokens), event.status, int(event.inferred), u64(event.version), event.first_trace_id,
+        event.last_trace_id, event.trace_hashes,
     )  # fmt: skip
 
 

@@ -81,10 +81,14 @@ class Store:
             names = result.column_names
             return [dict(zip(names, r, strict=True)) for r in result.result_rows]
 
-    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
-        """Run a statement that returns no rows (DDL, OPTIMIZE, ...)."""
+    def command(
+        self, sql: str, parameters: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Run a statement that returns no rows (DDL, OPTIMIZE, INSERT ... SELECT, ...)."""
         with self._lock:
-            return self._client.command(sql, parameters=dict(parameters) if parameters else None)
+            return self._client.command(
+                sql, parameters=dict(parameters) if parameters else None, settings=dict(settings) if settings else None
+            )
 
     def insert(
         self,

@@ -12,6 +12,7 @@ Nothing here does I/O; the stream processors persist and ship these states.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from array import array
 from bisect import bisect_left
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tracehouse.schemas import SessionRecord
+from tracehouse.schemas.events import MAX_SEALED_TURNS
 
 from ._facts import TraceFacts
 
@@ -74,14 +76,19 @@ class SessionState:
         return self.total_duration_ms / self.turns if self.turns else 0.0
 
     def to_record(self) -> SessionRecord:
-        """The record shipped on ``sessions.v1`` and stored by the sink."""
+        """The record shipped on ``sessions.v1`` and stored by the sink. A closed record carries the
+        hashes of its traces (see :func:`from_record`)."""
+        hashes = ""
+        if self.status == "closed" and not self.trace_ids and self.turns <= MAX_SEALED_TURNS:
+            hashes = base64.b64encode(self.sealed).decode()
         return SessionRecord(
             session_id=self.session_id, experiment_id=self.experiment_id, user_ids=sorted(self.user_ids),
             first_ms=self.first_ms, last_ms=self.last_ms, last_end_ms=self.last_end_ms, turns=self.turns,
             total_duration_ms=self.total_duration_ms, error_turns=self.error_turns,
             first_request_preview=self.first_request_preview, last_response_preview=self.last_response_preview,
             input_tokens=self.input_tokens, output_tokens=self.output_tokens, total_tokens=self.total_tokens,
-            status=self.status, inferred=self.inferred, version=self.version,
+            status=self.status, inferred=self.inferred, version=self.version, first_trace_id=self.first_key[1],
+            last_trace_id=self.last_key[1], trace_hashes=hashes,
         )  # fmt: skip
 
     def record(self) -> dict[str, object]:
@@ -96,6 +103,25 @@ class SessionState:
             "output_tokens": self.output_tokens, "total_tokens": self.total_tokens, "status": self.status,
             "inferred": self.inferred, "version": self.version,
         }  # fmt: skip
+
+
+def from_record(record: SessionRecord) -> SessionState | None:
+    """The state a closed record was emitted from, exactly (its counted traces are its sealed hashes),
+    or ``None`` when the record does not carry them (an open record, or one past ``MAX_SEALED_TURNS``)."""
+    if record.status != "closed" or (record.turns and not record.trace_hashes):
+        return None
+    sealed = base64.b64decode(record.trace_hashes)
+    if len(sealed) != 8 * record.turns:
+        return None
+    return SessionState(
+        session_id=record.session_id, experiment_id=record.experiment_id, first_ms=record.first_ms,
+        last_ms=record.last_ms, last_end_ms=record.last_end_ms, turns=record.turns,
+        total_duration_ms=record.total_duration_ms, error_turns=record.error_turns, user_ids=set(record.user_ids),
+        first_key=(record.first_ms, record.first_trace_id), first_request_preview=record.first_request_preview,
+        last_key=(record.last_ms, record.last_trace_id), last_response_preview=record.last_response_preview,
+        input_tokens=record.input_tokens, output_tokens=record.output_tokens, total_tokens=record.total_tokens,
+        status="closed", inferred=record.inferred, version=record.version, sealed=sealed,
+    )  # fmt: skip
 
 
 def new_session(facts: TraceFacts, session_id: str, inferred: bool = False) -> SessionState:
