@@ -24,11 +24,20 @@ from test_sessionizer import expected_record
 from test_sink_kafka import FAST, eventually, group_committed
 
 from tracehouse.app.embedded import TansuBroker, ensure_topics
-from tracehouse.processors import Ledger, Rejection, Sink, SinkConfig, batch_token, validate_line
+from tracehouse.processors import (
+    Ledger,
+    Rejection,
+    Sink,
+    SinkConfig,
+    batch_token,
+    epoch_scope,
+    read_epoch,
+    validate_line,
+)
 from tracehouse.processors.sessions import Sessionizer, SessionizerConfig, quantile, run_sessionizer
 from tracehouse.query import TraceReader, get_user, list_users, user_summary
 from tracehouse.schemas import Topics, TraceEvent, UserTraceFact, encode_envelope, encode_event, envelope_headers
-from tracehouse.storage import RowBatch, Store, migrate, write_batch
+from tracehouse.storage import RowBatch, Store, begin_epoch, migrate, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -551,9 +560,12 @@ def test_rollup_batch_written_but_not_committed_is_replayed_exactly(
                 event = validate_line(line)
                 assert not isinstance(event, Rejection)
                 crashed.add(event)
-        ledger = Ledger(store, group)
+        epoch = await read_epoch(broker.bootstrap, topics.epoch) or ""
+        begin_epoch(store, epoch, partitions=1)  # as the crashed sink did when it started
+        scope = epoch_scope(group, epoch)
+        ledger = Ledger(store, scope)
         ledger.record(topics.user_rollups, 0, 0, 2)
-        write_batch(store, crashed, batch_token(group, topics.user_rollups, 0, 0, 2))
+        write_batch(store, crashed, batch_token(scope, topics.user_rollups, 0, 0, 2))
         if marks_written:
             ledger.record_marks(topics.user_rollups, 0, {0: (29, 1)})
         sink = Sink(sink_config(broker, topics, store_uri, group), store)

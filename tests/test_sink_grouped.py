@@ -16,10 +16,10 @@ from test_sink_kafka import (
     count,
     create_topics,
     envelopes_of,
-    group_of,
     make_trace,
     publish,
     running,
+    scope_of,
     tp_offsets,
 )
 
@@ -93,7 +93,7 @@ def test_a_crash_inside_a_grouped_write_is_replayed_exactly(
                     event = validate_line(line)
                     assert not isinstance(event, Rejection)
                     merged.add(event)
-        Ledger(store, group_of(topics)).record_many([(topics.traces, 0, 0, 6), (topics.traces, 1, 0, 6)])
+        Ledger(store, await scope_of(broker, topics)).record_many([(topics.traces, 0, 0, 6), (topics.traces, 1, 0, 6)])
         if stored != "everything":
             merged.rows["traces"] = []
         write_batch(store, merged, "group:crashed")

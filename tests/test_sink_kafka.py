@@ -32,7 +32,9 @@ from tracehouse.processors import (
     Sink,
     SinkConfig,
     batch_token,
+    epoch_scope,
     read_dlq,
+    read_epoch,
     validate_line,
 )
 from tracehouse.schemas import Topics, encode_envelope, example
@@ -93,6 +95,11 @@ def user_session(i: int) -> tuple[str, str]:
 
 def envelopes_of(lines: Sequence[bytes], per: int) -> list[bytes]:
     return [encode_envelope(lines[k : k + per]) for k in range(0, len(lines), per)]
+
+
+async def scope_of(broker: TansuBroker, topics: Topics) -> str:
+    """What the sink's ledger and tokens are keyed by: its group in the broker's current epoch."""
+    return epoch_scope(group_of(topics), await read_epoch(broker.bootstrap, topics.epoch) or "")
 
 
 def group_of(topics: Topics) -> str:
@@ -399,14 +406,15 @@ def test_replay_after_a_crash_between_ledger_row_and_insert(
     async def main() -> None:
         await create_topics(broker.bootstrap, topics, 1)
         await publish(broker.bootstrap, topics.traces, _one_partition_stream(10, 5))
-        Ledger(store, group_of(topics)).record(topics.traces, 0, 0, 6)
+        scope = await scope_of(broker, topics)
+        Ledger(store, scope).record(topics.traces, 0, 0, 6)
         sink = Sink(config(broker, topics, store_uri, max_batch_rows=1), store)  # every record is "full"
         async with running(sink):
             assert await sink.wait_committed({(topics.traces, 0): 9}, timeout_s=30)
         assert sink.stats().replayed_batches == 1
+        assert Ledger(store, scope).rows(topics.traces, 0) == [(0, 6), (7, 7), (8, 8), (9, 9)]
 
     asyncio.run(main())
-    assert Ledger(store, group_of(topics)).rows(topics.traces, 0) == [(0, 6), (7, 7), (8, 8), (9, 9)]
     assert count(store, "SELECT count() FROM traces") == 50
     assert count(store, "SELECT count() FROM spans") == 150
 
@@ -437,8 +445,9 @@ def test_replay_after_a_crash_between_insert_and_commit_writes_nothing_twice(
                 event = validate_line(line)
                 assert not isinstance(event, Rejection)
                 batch.add(event)
-        Ledger(store, group_of(topics)).record(topics.traces, 0, 0, 6)
-        write_batch(store, batch, batch_token(group_of(topics), topics.traces, 0, 0, 6))
+        scope = await scope_of(broker, topics)
+        Ledger(store, scope).record(topics.traces, 0, 0, 6)
+        write_batch(store, batch, batch_token(scope, topics.traces, 0, 0, 6))
         assert count(store, "SELECT count() FROM traces") == 35
 
         sink = Sink(config(broker, topics, store_uri, max_batch_rows=1), store)
@@ -464,12 +473,13 @@ def test_replay_is_not_dropped_by_a_token_logged_without_its_rows(
     async def main() -> None:
         await create_topics(broker.bootstrap, topics, 1)
         await publish(broker.bootstrap, topics.traces, _one_partition_stream(10, 5))
-        Ledger(store, group_of(topics)).record(topics.traces, 0, 0, 6)
+        scope = await scope_of(broker, topics)
+        Ledger(store, scope).record(topics.traces, 0, 0, 6)
         stray = RowBatch()
         event = validate_line(make_trace(10_000))
         assert not isinstance(event, Rejection)
         stray.add(event)
-        write_batch(store, stray, batch_token(group_of(topics), topics.traces, 0, 0, 6))
+        write_batch(store, stray, batch_token(scope, topics.traces, 0, 0, 6))
         assert count(store, "SELECT count() FROM traces") == 1
 
         sink = Sink(config(broker, topics, store_uri, max_batch_rows=1), store)

@@ -29,6 +29,7 @@ from ._dlq import (
     DeadLetter,
     read_dlq,
 )
+from ._epoch import EpochUnavailable, epoch_scope, read_epoch
 from ._sink import Sink
 from ._state import SinkStats
 from ._validate import Rejection, check_event, validate_line
@@ -50,6 +51,7 @@ __all__ = [
     "LEDGER_TABLE",
     "WHOLE_MESSAGE",
     "DeadLetter",
+    "EpochUnavailable",
     "Ledger",
     "Rejection",
     "Sink",
@@ -58,6 +60,8 @@ __all__ = [
     "advance_mark",
     "batch_token",
     "check_event",
+    "epoch_scope",
     "read_dlq",
+    "read_epoch",
     "validate_line",
 ]

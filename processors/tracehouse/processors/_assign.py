@@ -8,6 +8,10 @@
   starts at that record. If there is one, the first batch is bounded: it must end exactly at the row's
   ``last_offset`` (same bounds, same token: ClickHouse drops what was already inserted). Must not flush
   a bounded batch before it reaches its bound, on any trigger.
+* **epoch**: on every assignment, read the broker epoch (``_epoch``). A new one (the broker lost its
+  data, or this is the first start) is registered in the store first, after reconciling what an
+  unclean stop left (``tracehouse.storage.begin_epoch``); the ledger, the tokens and the rollup marks
+  are then keyed by it. Must run before the first record of the assignment is taken.
 * **revoke**: flush and commit the revoked partitions' batches first, within ``revoke_timeout_s``;
   what cannot be flushed by then is dropped uncommitted (its next owner replays it).
 """
@@ -23,6 +27,7 @@ from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from ._commit import flush_final
+from ._epoch import read_epoch
 from ._state import PartitionState, SinkState
 
 log = logging.getLogger("tracehouse.sink")
@@ -50,9 +55,38 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         up) by the loop, which must not trust records fetched before that."""
         state = self._state
         async with state.lock:
+            await enter_epoch(state)
             for tp in assigned:
                 state.parts[(tp[0], tp[1])] = PartitionState(tp)
         log.info("partitions assigned: %s", sorted(f"{t}[{p}]" for t, p in assigned))
+
+
+async def enter_epoch(state: SinkState) -> None:
+    """Step *epoch*: key everything by the broker's current epoch, registering it in the store first."""
+    from tracehouse.storage import Ledger, begin_epoch
+
+    cfg, store = state.config, state.store
+    assert store is not None
+    epoch = await read_epoch(cfg.bootstrap, cfg.topics.epoch)
+    if epoch is None or epoch == state.epoch:
+        return
+    partitions = len(state.consumer.partitions_for_topic(cfg.source_topic) or ()) if state.consumer else 0
+    if not partitions:
+        await state.consumer.topics()
+        partitions = len(state.consumer.partitions_for_topic(cfg.source_topic) or ()) or 1
+    if state.epoch:
+        log.warning("broker epoch changed from %s to %s: the broker lost its data; offsets start again",
+                    state.epoch, epoch)  # fmt: skip
+    _, report = await asyncio.to_thread(
+        begin_epoch, store, epoch, partitions=partitions, inactivity_gap_ms=cfg.inactivity_gap_ms,
+        max_duration_ms=cfg.max_duration_ms, window_ms=int(cfg.reconcile_window_s * 1000),
+    )  # fmt: skip
+    if report is not None:
+        log.warning("an unclean stop left sessions and rollups to repair: recomputed %d sessions and %d "
+                    "rollup buckets from the stored traces in %.1fs",
+                    report.sessions, report.buckets, report.seconds)  # fmt: skip
+    state.epoch = epoch
+    state.ledger = Ledger(store, state.scope)
 
 
 async def pin(state: SinkState, part: PartitionState) -> None:

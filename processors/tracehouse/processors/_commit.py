@@ -82,7 +82,7 @@ async def flush_group(state: SinkState, parts: list[PartitionState], token: str 
     assert state.dlq is not None
     batches = [p.batch for p in parts if p.batch is not None]
     if token is None:
-        tokens = ";".join(b.token(state.config.group_id) for b in batches)
+        tokens = ";".join(b.token(state.scope) for b in batches)
         token = "group:" + hashlib.sha1(tokens.encode(), usedforsecurity=False).hexdigest()
         for b in batches:
             b.group = token

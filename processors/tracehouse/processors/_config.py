@@ -28,7 +28,8 @@ class SinkConfig(s.FromEnvironment):
 
     ENVIRONMENT: ClassVar[Mapping[str, s.Setting[Any]]] = {
         "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX, "store_uri": s.STORE_URI,
-        "group_id": s.SINK_GROUP, "compression": s.KAFKA_COMPRESSION,
+        "group_id": s.SINK_GROUP, "compression": s.KAFKA_COMPRESSION, "inactivity_gap_ms": s.SESSION_GAP_MS,
+        "max_duration_ms": s.SESSION_MAX_MS, "reconcile_window_s": s.RECONCILE_WINDOW_S,
     }  # fmt: skip
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
@@ -66,6 +67,11 @@ class SinkConfig(s.FromEnvironment):
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     dlq_acks: Literal["all", 1] = "all"
+    #: Session boundaries, as the sessionizer draws them: reconciliation recomputes session status by them.
+    inactivity_gap_ms: int = s.SESSION_GAP_MS.default
+    max_duration_ms: int | None = s.SESSION_MAX_MS.default
+    #: How far back from the latest change a reconciliation after an unclean stop looks, at most.
+    reconcile_window_s: float = s.RECONCILE_WINDOW_S.default
     #: Codec of the dead letters the sink produces.
     compression: str = s.KAFKA_COMPRESSION.default
     #: Largest dead letter sent whole; a bigger one keeps its first 64 KiB (``th-dlq-truncated``).

@@ -163,7 +163,7 @@ class Sink:
         cfg, state = self.config, self._state
         if state.store is None:
             state.store = await asyncio.to_thread(Store, cfg.store_uri)
-        state.ledger = Ledger(state.store, cfg.group_id)
+        state.ledger = Ledger(state.store, state.scope)
         state.dlq = DeadLetterProducer(cfg.bootstrap, cfg.dead_letter_topic, acks=cfg.dlq_acks,
                                        client_id=f"{cfg.client_id}-dlq", max_request_size=cfg.dlq_max_request_size,
                                        compression=producer_compression(cfg.compression))
@@ -304,6 +304,7 @@ class Sink:
                     bound=part.replay_end,
                     ledgered=part.replay_end is not None,
                 )
+            batch.rows.src_offset = offset
             await decode_into(state, batch, rec, part.marks)
             batch.note_record(offset, len(rec.value or b""))
             part.next_offset = offset + 1

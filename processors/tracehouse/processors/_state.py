@@ -24,6 +24,7 @@ from tracehouse.storage import Ledger, Store
 from ._batch import BatchLimits, PartitionBatch
 from ._config import SinkConfig
 from ._dlq import DeadLetterProducer, DeadLetterWarnings
+from ._epoch import epoch_scope
 
 log = logging.getLogger("tracehouse.sink")
 
@@ -112,6 +113,14 @@ class SinkState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     commit_cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     warnings: DeadLetterWarnings = field(default_factory=lambda: DeadLetterWarnings(10.0))
+    #: The broker epoch being consumed (see ``_epoch``); ``""`` before the sink started.
+    epoch: str = ""
+
+    @property
+    def scope(self) -> str:
+        """What the ledger, the deduplication tokens and the rollup marks are keyed by: the consumer
+        group in this broker epoch (offsets of another epoch name other records)."""
+        return epoch_scope(self.config.group_id, self.epoch)
 
     def set_committed(self, tp: Any, offset: int) -> None:
         key = (tp[0], tp[1])

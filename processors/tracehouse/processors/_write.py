@@ -65,7 +65,7 @@ def write(state: SinkState, batch: PartitionBatch) -> None:
         batch.ledgered = True
     if not batch.written:
         exact = (batch.replaying or batch.group is not None) and batch.topic != state.config.rollups_topic
-        batch.rows_written = write_batch(state.store, batch.rows, batch.token(state.config.group_id),
+        batch.rows_written = write_batch(state.store, batch.rows, batch.token(state.scope),
                                          deduplicate=not exact)  # fmt: skip
         batch.written = True
         state.counts["writes"] += 1

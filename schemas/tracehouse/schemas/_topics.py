@@ -34,3 +34,8 @@ class Topics:
     dlq = _Topic("dlq.v1", "Events that failed to decode or validate, with the reason and origin in headers.")
     sessions = _Topic("sessions.v1", "Session records emitted by the sessionizer.")
     user_rollups = _Topic("user-rollups.v1", "Per-user rollup facts emitted by the sessionizer, keyed by user.")
+    epoch = _Topic(
+        "epoch.v1",
+        "One partition whose first record names this incarnation of the topics (offsets mean something "
+        "only within one): a broker that lost its data has a new epoch.",
+    )

@@ -39,7 +39,10 @@ __all__ = [
     "MAX_PAYLOAD_CHARS",
     "MAX_PAYLOAD_ITEMS",
     "READ_YOUR_WRITES_TIMEOUT_S",
+    "RECONCILE_WINDOW_S",
     "SERVER_URI",
+    "SESSION_GAP_MS",
+    "SESSION_MAX_MS",
     "SHUTDOWN_TIMEOUT_S",
     "SINK_GROUP",
     "STORE_URI",
@@ -255,6 +258,23 @@ AUTH_TOKEN: Final[Setting[str | None]] = _declare(
 AUTH_USERNAME: Final[Setting[str | None]] = _declare(
     "TRACEHOUSE_AUTH_USERNAME", None,
     "With a token: the only username Basic auth accepts (any when unset).", _optional(_verbatim), "serve",
+)  # fmt: skip
+SESSION_GAP_MS: Final = _declare(
+    "TRACEHOUSE_SESSION_GAP_MS", 30 * 60 * 1000,
+    "A session closes when its partition's event time passes its last turn's end by this many "
+    "milliseconds. The sessionizer closes by it; the sink's reconciliation recomputes status by it.",
+    _count, "sessionizer", "sink", "up",
+)  # fmt: skip
+SESSION_MAX_MS: Final[Setting[int | None]] = _declare(
+    "TRACEHOUSE_SESSION_MAX_MS", None,
+    "... or when it has lasted this many milliseconds (unset: no limit).", _optional(_count),
+    "sessionizer", "sink", "up",
+)  # fmt: skip
+RECONCILE_WINDOW_S: Final = _declare(
+    "TRACEHOUSE_RECONCILE_WINDOW_S", 3600.0,
+    "After an unclean stop, the sink recomputes sessions and rollups changed in at most this many seconds "
+    "before the latest change (from the last consistent point, if later). Exactness after a crash holds "
+    "when the processors were less than this far behind the sink.", _seconds, "sink", "up",
 )  # fmt: skip
 SERVER_URI: Final = _declare(
     "TRACEHOUSE_URI", "http://127.0.0.1:5000",

@@ -6,7 +6,7 @@ from tracehouse.schemas.errors import StoreURIError
 from ._experiments import DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, Experiment, Experiments, experiment_id_for
 from ._ledger import LEDGER_TABLE, MARKS_TABLE, Ledger
 from ._migrations import MIGRATIONS, Migration, current_version, latest_version, migrate
-from ._reconcile import ReconcileReport, partition_watermarks, reconcile, version_at
+from ._reconcile import ReconcileReport, begin_epoch, partition_watermarks, reconcile, version_at
 from ._rows import (
     SESSION_COLUMNS,
     TABLES,
@@ -42,6 +42,7 @@ __all__ = [
     "Store",
     "StoreURIError",
     "add_event_rows",
+    "begin_epoch",
     "current_version",
     "drop_stored",
     "existing_trace_ids",

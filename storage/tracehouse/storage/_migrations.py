@@ -320,6 +320,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             # A closed record carries the hashes of its traces, so a sessionizer that evicted the session
             # (or restarted on an empty broker) reloads it exactly; first/last trace ids break ties in time.
+            # Where the sink read each trace (the envelope's offset in its traces.v1 partition, in the epoch
+            # it was ingested in): a sessionizer reloading a session counts only what it already folded.
+            "ALTER TABLE traces ADD COLUMN IF NOT EXISTS src_offset Int64 DEFAULT -1",
             "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS first_trace_id String DEFAULT ''",
             "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS last_trace_id String DEFAULT ''",
             "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS trace_hashes String DEFAULT '' CODEC(ZSTD(1))",

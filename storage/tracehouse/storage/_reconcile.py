@@ -36,6 +36,7 @@ from typing import Any, Final
 from tracehouse.schemas.kafka import partition_for
 
 from ._rows import SESSION_COLUMNS, UINT64_MAX
+from ._state import EpochRecord, StateTable
 from ._store import Store
 
 log = logging.getLogger("tracehouse.reconcile")
@@ -242,3 +243,38 @@ def reconcile(store: Store, since_ms: int, *, partitions: int, inactivity_gap_ms
     log.info("reconciled %d sessions and %d rollup buckets changed since %d in %.1fs",
              sessions, buckets, since_ms, report.seconds)  # fmt: skip
     return report
+
+
+def _latest_change_ms(store: Store) -> int | None:
+    """When sessions, rollups or traces last changed (store clock), ``None`` for an empty store."""
+    row = store.query(
+        "SELECT greatest((SELECT max(toUnixTimestamp64Milli(ingested_at)) FROM traces), "
+        "(SELECT max(toUnixTimestamp64Milli(ingested_at)) FROM sessions), "
+        "(SELECT max(toUnixTimestamp64Milli(updated_at)) FROM user_rollups_daily))"
+    )[0]
+    latest = int(row[0]) if row[0] is not None else 0
+    return latest or None
+
+
+def begin_epoch(store: Store, epoch_id: str, *, partitions: int, inactivity_gap_ms: int = 30 * 60 * 1000,
+                max_duration_ms: int | None = None, window_ms: int = 3_600_000
+                ) -> tuple[EpochRecord, ReconcileReport | None]:  # fmt: skip
+    """Register ``epoch_id`` as the epoch the store is fed from. When it is new and anything changed
+    since the last consistent point (an unclean stop), reconcile first: at most ``window_ms`` back from
+    the latest change, or from the consistent point if that is later. Returns the epoch record and the
+    report of the reconciliation, if one ran. Idempotent for the current epoch."""
+    state = StateTable(store)
+    current = state.epoch()
+    if current is not None and current.id == epoch_id:
+        return current, None
+    report = None
+    consistent = state.consistent_ms()
+    latest = _latest_change_ms(store)
+    if latest is not None and (consistent is None or latest >= consistent):
+        since = latest - window_ms if consistent is None else max(consistent, latest - window_ms)
+        report = reconcile(store, since, partitions=partitions, inactivity_gap_ms=inactivity_gap_ms,
+                           max_duration_ms=max_duration_ms)  # fmt: skip
+    state.mark_consistent()
+    record = state.set_epoch(epoch_id)
+    log.info("store now fed from broker epoch %s", epoch_id)
+    return record, report

@@ -27,7 +27,7 @@ from tracehouse.schemas import (
 TRACE_COLUMNS: Final = (
     "trace_id", "experiment_id", "client_request_id", "timestamp_ms", "execution_time_ms", "state",
     "name", "user_id", "session_id", "request_preview", "response_preview", "metadata", "tags",
-    "span_count", "input_tokens", "output_tokens", "total_tokens",
+    "span_count", "input_tokens", "output_tokens", "total_tokens", "src_offset",
 )  # fmt: skip
 SPAN_COLUMNS: Final = (
     "trace_id", "span_id", "parent_span_id", "experiment_id", "user_id", "session_id", "timestamp_ms",
@@ -76,6 +76,9 @@ class RowBatch:
     #: (trace id, span id) of the spans that came in ``spans`` events: a duplicate ``trace`` event
     #: dropped by :meth:`drop_traces` must not take them along.
     loose_spans: set[tuple[str, str]] = field(default_factory=set)
+    #: The Kafka offset of the envelope whose events are being added (``-1``: not from Kafka), stored
+    #: with each trace: a sessionizer reloading a session counts the stored traces it already folded.
+    src_offset: int = -1
 
     def add(self, event: Event) -> None:
         add_event_rows(self, event)
@@ -233,6 +236,7 @@ def _add_trace(batch: RowBatch, event: TraceEvent) -> None:
             event.trace_id, event.experiment_id, event.client_request_id, event.timestamp_ms,
             event.execution_time_ms, event.state, name, user_id, session_id, event.request_preview,
             event.response_preview, dict(event.metadata), tags, _span_count(event), inp, out, total,
+            batch.src_offset,
         )
     )
     span_rows = batch.rows["spans"]

@@ -13,19 +13,20 @@ _TOPIC_ALREADY_EXISTS = 36
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int = DEFAULT_PARTITIONS) -> list[str]:
-    """Create the traces and DLQ topics if missing. Returns the names created now."""
+    """Create the traces, sessions, rollups, DLQ and epoch topics if missing. Returns the names created now."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        wanted = [topics.traces, topics.dlq, topics.sessions, topics.user_rollups]
+        wanted = {topics.traces: partitions, topics.dlq: partitions, topics.sessions: partitions,
+                  topics.user_rollups: partitions, topics.epoch: 1}  # fmt: skip
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t not in existing]
         if not missing:
             return []
         response = await admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+            [NewTopic(t, num_partitions=wanted[t], replication_factor=1) for t in missing]
         )
         created = []
         for name, code, *_ in response.topic_errors:

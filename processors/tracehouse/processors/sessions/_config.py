@@ -28,6 +28,7 @@ class SessionizerConfig(s.FromEnvironment):
 
     ENVIRONMENT: ClassVar[Mapping[str, s.Setting[Any]]] = {
         "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX, "compression": s.KAFKA_COMPRESSION,
+        "inactivity_gap_ms": s.SESSION_GAP_MS, "max_duration_ms": s.SESSION_MAX_MS,
     }  # fmt: skip
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
@@ -41,7 +42,7 @@ class SessionizerConfig(s.FromEnvironment):
     #: this often.
     flush_interval_ms: int = 500
     #: A session is closed when the partition's event-time watermark passes its last turn's end by this much.
-    inactivity_gap_ms: int = 30 * 60 * 1000
+    inactivity_gap_ms: int = s.SESSION_GAP_MS.default
     #: ... or when it has lasted this long (``None``: no limit).
     max_duration_ms: int | None = None
     #: Partition count of ``traces.v1``, ``sessions.v1`` and the changelog (all the same).
