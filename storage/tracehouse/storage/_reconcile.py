@@ -68,10 +68,12 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[i : i + _CHUNK]
 
 
-def partition_watermarks(store: Store, partitions: int) -> dict[int, int]:
+def partition_watermarks(store: Store, partitions: int, *, before_ms: int | None = None) -> dict[int, int]:
     """The newest stored trace timestamp of each ``traces.v1`` partition (partitions without traces are
-    absent). Looks back from the newest trace, widening the window until every partition is found."""
-    top = store.query("SELECT max(timestamp_ms), min(timestamp_ms), count() FROM traces")[0]
+    absent), among the traces ingested before ``before_ms`` if given. Looks back from the newest trace,
+    widening the window until every partition is found."""
+    ingested = "1" if before_ms is None else f"ingested_at < fromUnixTimestamp64Milli({int(before_ms)})"
+    top = store.query(f"SELECT max(timestamp_ms), min(timestamp_ms), count() FROM traces WHERE {ingested}")[0]
     if not top[2]:
         return {}
     newest, oldest = int(top[0]), int(top[1])
@@ -81,7 +83,7 @@ def partition_watermarks(store: Store, partitions: int) -> dict[int, int]:
         lower = newest - window
         rows = store.query(
             "SELECT if(session_id != '', session_id, if(user_id != '', user_id, trace_id)) AS key, "
-            "max(timestamp_ms) FROM traces WHERE timestamp_ms >= {lo:Int64} GROUP BY key",
+            f"max(timestamp_ms) FROM traces WHERE timestamp_ms >= {{lo:Int64}} AND {ingested} GROUP BY key",
             {"lo": lower},
         )
         for key, ts in rows:

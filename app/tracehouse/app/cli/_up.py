@@ -60,7 +60,7 @@ async def _up(opts: UpOptions) -> None:
     from tracehouse.app.server import AuthConfig, create_app
     from tracehouse.processors import Sink, SinkConfig
     from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
-    from tracehouse.storage import Store, migrate
+    from tracehouse.storage import StateTable, Store, migrate
 
     data_dir = opts.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,13 +78,14 @@ async def _up(opts: UpOptions) -> None:
         store_uri = f"chdb://{data_dir / 'chdb'}"
         store = Store(store_uri)
         migrate(store)
-        # The in-memory broker starts every run at offset 0 while the store (with the sink's ledger and
-        # ClickHouse's dedup window) persists, so each run consumes as a group of its own: otherwise a
-        # new run's batches would carry the ledger bounds and dedup tokens of an old run's and be dropped.
-        group = f"tracehouse-sink.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+        # The in-memory broker starts every run at offset 0 while the store persists: each run is a new
+        # broker epoch, by which the sink keys its ledger and tokens (and after an unclean stop it first
+        # reconciles sessions and rollups with the stored traces).
         config = SinkConfig.resolve(
-            bootstrap=broker.bootstrap, topic_prefix=prefix, store_uri=store_uri, group_id=group
-        )
+            bootstrap=broker.bootstrap, topic_prefix=prefix, store_uri=store_uri,
+            inactivity_gap_ms=opts.inactivity_gap_ms, max_duration_ms=opts.max_duration_ms,
+        )  # fmt: skip
+        group = config.group_id
         sink = Sink(config, store)
         sink_task = asyncio.create_task(sink.run(), name="tracehouse-sink")
 
@@ -95,10 +96,12 @@ async def _up(opts: UpOptions) -> None:
             bootstrap=broker.bootstrap, topic_prefix=prefix, partitions=opts.partitions,
             rollup_partitions=opts.partitions, inactivity_gap_ms=opts.inactivity_gap_ms,
             max_duration_ms=opts.max_duration_ms, infer_sessions=opts.infer_sessions,
-            datadir=str(data_dir / "sessionizer"), app_id=group.replace("sink", "sessionizer"),
+            datadir=str(data_dir / "sessionizer"),
         )  # fmt: skip
+        # It shares the store: it continues the sessions a previous run left open, and reloads the ones it
+        # evicted when they get a late turn.
         sessions_task = asyncio.create_task(
-            run_sessionizer(sessionizer_config, sessions_stop), name="tracehouse-sessionizer"
+            run_sessionizer(sessionizer_config, sessions_stop, store=store), name="tracehouse-sessionizer"
         )
 
         from tracehouse.gateway import Gateway, GatewayConfig, sink_waiter
@@ -158,6 +161,8 @@ async def _up(opts: UpOptions) -> None:
         await sink.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await sink_task
+        if drained:  # sessions and rollups now equal the stored traces: the next start need not reconcile
+            StateTable(store).mark_consistent()
         stats = sink.stats()
         click.echo(
             f"stopped: {stats.events_written} events written, {stats.events_rejected} dead-lettered"

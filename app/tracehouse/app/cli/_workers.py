@@ -131,15 +131,20 @@ def dlq(bootstrap: str | None, topic_prefix: str | None, limit: int | None, time
 @click.option("--infer-sessions", is_flag=True, help="Give traces with a user but no session an inferred session.")
 @click.option("--state-retention-ms", type=int, default=None, help="Forget closed sessions this much later.")
 @click.option("--flush-interval-ms", type=int, default=500, show_default=True, help="Emit and commit this often.")
-@click.option("--inactivity-gap-ms", type=int, default=30 * 60 * 1000, show_default=True,
-              help="A session closes after this long without a turn (event time).")
-@click.option("--max-duration-ms", type=int, default=None, help="... or once it has lasted this long.")
+@setting_option(settings.SESSION_GAP_MS, "--inactivity-gap-ms", type=int,
+                help="A session closes after this long without a turn (event time).")
+@setting_option(settings.SESSION_MAX_MS, "--max-duration-ms", type=int, help="... or once it has lasted this long.")
 @click.option("--datadir", default=".tracehouse/sessionizer", show_default=True, help="faust's data directory.")
+@click.option("--store", "store_uri", default=None,
+              help="Read sessions back from this store: continue open sessions after the broker lost its data, "
+                   "and evict closed ones (reloaded if they reopen). A ClickHouse server "
+                   "(clickhouse://user:pass@host:8123/db): chDB allows one process per path, so with chDB run the "
+                   "roles in one process (tracehouse up).")
 @click.option("--loglevel", "--log-level", "log_level", default="INFO", show_default=True, help="Logging level.")
 def sessionizer(bootstrap: str | None, topic_prefix: str | None, app_id: str, partitions: int,
                 rollup_partitions: int | None, no_rollups: bool, infer_sessions: bool,
-                state_retention_ms: int | None, flush_interval_ms: int, inactivity_gap_ms: int,
-                max_duration_ms: int | None, datadir: str, log_level: str) -> None:  # fmt: skip
+                state_retention_ms: int | None, flush_interval_ms: int, inactivity_gap_ms: int | None,
+                max_duration_ms: int | None, datadir: str, store_uri: str | None, log_level: str) -> None:  # fmt: skip
     """Run a sessionizer worker (faust): traces → sessions.v1 records and user-rollups.v1 facts.
 
     Run several with one --app-id to share the partitions. SIGTERM/SIGINT flushes what was folded and
@@ -154,15 +159,16 @@ def sessionizer(bootstrap: str | None, topic_prefix: str | None, app_id: str, pa
         infer_sessions=infer_sessions, state_retention_ms=state_retention_ms,
     )  # fmt: skip
     level = _logging(log_level, quiet=("faust", "mode", "aiokafka"))
-    _run_faust_worker(config, level)
+    _run_faust_worker(config, level, store_uri)
 
 
-def _run_faust_worker(config: Any, level: str) -> None:
+def _run_faust_worker(config: Any, level: str, store_uri: str | None = None) -> None:
     import faust
 
     from tracehouse.processors.sessions import Sessionizer
+    from tracehouse.storage import Store
 
-    worker_state = Sessionizer(config)
+    worker_state = Sessionizer(config, Store(store_uri) if store_uri else None)
 
     class _Worker(faust.Worker):
         async def on_stop(self) -> None:

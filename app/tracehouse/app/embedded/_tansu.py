@@ -115,6 +115,10 @@ def port_open(host: str, port: int) -> bool:
     return False
 
 
+#: How long ``start`` waits for a port held by a stopping broker to be released.
+PORT_RELEASE_WAIT_S = 5.0
+
+
 class TansuBroker:
     """An in-memory Kafka broker on ``host:port`` (a free port when ``port`` is 0)."""
 
@@ -129,6 +133,11 @@ class TansuBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> TansuBroker:
+        # A broker whose parent was just killed is still stopping (its parent-death signal is a SIGTERM):
+        # give it a moment before taking its port for a stale one.
+        deadline = time.monotonic() + PORT_RELEASE_WAIT_S
+        while port_open(self.host, self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if port_open(self.host, self.port):
             pid = listener_pid(self.port)
             who = describe_process(pid) if pid is not None else "another process"

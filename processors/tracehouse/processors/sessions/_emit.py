@@ -20,7 +20,8 @@ are not sent: their next owner replays them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, MutableMapping
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from tracehouse.schemas.kafka import pack
 
 from ._changelog import encode_state, state_key, watermark_key, watermark_value
 from ._fold import Folder
-from ._session import seal
+from ._session import SessionState, seal
 
 
 @dataclass(slots=True)
@@ -45,12 +46,31 @@ class FlushBatch:
     folded_offset: int
 
 
-def snapshot(folder: Folder, generations: dict[int, int], committed: Callable[[int], int | None]) -> list[FlushBatch]:
-    """Steps 1 and the encoding of 2-4: the batches of every partition with something to write."""
+#: Eviction candidates of a partition (``Folder.evictable``) and the ones the store confirmed holding.
+Evictions = Mapping[int, tuple[list[SessionState], set[str]]]
+
+
+def clock_version() -> int:
+    """The version floor of a record written now: records carry versions that grow with the wall clock
+    (and by one per change within a millisecond), so a record written after a restart, or by
+    reconciliation, is newer than every record before it (``tracehouse.storage.version_at``)."""
+    return int(time.time() * 1000) * 1000
+
+
+def snapshot(folder: Folder, generations: dict[int, int], committed: Callable[[int], int | None],
+             evictions: Evictions | None = None) -> list[FlushBatch]:  # fmt: skip
+    """Steps 1 and the encoding of 2-4: the batches of every partition with something to write.
+    ``evictions``: what a store confirmed (see ``Sessionizer._confirm_evictions``); without it,
+    sessions past their retention are evicted unconfirmed."""
     batches = []
+    floor = clock_version()
     for p, part in folder.parts.items():
         folder.close_due(part)
-        evicted = folder.evict(part, committed(p)) if folder.config.state_retention_ms is not None else []
+        if evictions is not None:
+            candidates, confirmed = evictions.get(p, ([], set()))
+            evicted = folder.evict(part, candidates, confirmed)
+        else:
+            evicted = folder.evict(part, folder.evictable(part, committed(p)))
         facts, part.outbox = part.outbox, {}
         mark = (part.watermark_ms, part.folded_offset)
         if not part.dirty and not facts and not evicted and not part.reemit and mark == part.saved_watermark:
@@ -60,6 +80,7 @@ def snapshot(folder: Folder, generations: dict[int, int], committed: Callable[[i
         records = []
         for sid in part.dirty:
             state = part.sessions[sid]
+            state.version = max(state.version, floor)
             seal(state)  # 8 bytes a trace id in the changelog, however long the session
             changelog.append((state_key(p, sid), encode_state(state)))
             if not state.hidden:

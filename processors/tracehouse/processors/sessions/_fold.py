@@ -53,6 +53,8 @@ class SessionizerStats:
     facts_emitted: int = 0
     #: Closed sessions forgotten after ``state_retention_ms``.
     sessions_evicted: int = 0
+    #: Sessions (and days of session-less traces) read back from the store.
+    sessions_loaded: int = 0
     #: Lines that were neither events of another type nor decodable (the sink dead-letters them).
     undecodable: int = 0
     #: Envelopes delivered past an offset never delivered (a faust recovery race): refused and re-read.
@@ -94,6 +96,9 @@ class PartitionFold:
     reemit: set[str] = field(default_factory=set)
     #: The offset a refused envelope is waiting for, and since when (``time.monotonic()``).
     hole: tuple[int, float] | None = None
+    #: Nothing was saved for this partition (a new broker epoch, or a first start): with a session
+    #: source, its open sessions and watermark are loaded from the store before the first fold.
+    fresh: bool = False
 
 
 def restore(partition: int, table: Mapping[bytes, bytes | None], offset: int) -> PartitionFold:
@@ -124,6 +129,7 @@ def restore(partition: int, table: Mapping[bytes, bytes | None], offset: int) ->
     # past it), so a later first offset is a hole. New: whatever comes first starts it.
     part.folded_offset = part.restored_offset if table.get(prefix) is not None else offset - 1
     part.reemit = {sid for sid, state in part.sessions.items() if not state.hidden}
+    part.fresh = table.get(prefix) is None
     if part.sessions:
         log.info("partition %d: restored %d sessions", partition, len(part.sessions))
     else:
@@ -143,6 +149,8 @@ class Folder:
         self.config = config
         self.stats = stats
         self.session_config = config.session_config
+        #: Closed sessions are forgotten this long (event time) after their last turn (``None``: kept).
+        self.retention_ms = config.state_retention_ms
         self.parts: dict[int, PartitionFold] = {}
         self._rollup_partitions = range(config.rollup_partitions)
 
@@ -155,23 +163,59 @@ class Folder:
 
     def fold(self, partition: int, lines: Iterable[bytes], offset: int, table: Mapping[bytes, bytes | None]) -> None:
         """Fold the lines of the envelope at ``offset`` of ``partition``."""
-        part = self.partition(partition, table, offset)
-        stats = self.stats
-        if offset > part.folded_offset:
-            part.folded_offset = offset
-        horizon = int(time.time() * 1000) + self.config.max_clock_skew_ms
+        self.fold_parsed(partition, self.parse(lines), offset, table)
+
+    def parse(self, lines: Iterable[bytes]) -> list[tuple[int, TraceFacts]]:
+        """The trace facts of an envelope's lines, with their line numbers (other events skipped)."""
+        parsed = []
         for index, line in enumerate(lines):
             try:
                 facts = facts_from_line(line)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                stats.undecodable += 1
+                self.stats.undecodable += 1
                 continue
-            if facts is None:
-                continue
-            stats.traces += 1
+            if facts is not None:
+                parsed.append((index, facts))
+        return parsed
+
+    def fold_parsed(self, partition: int, parsed: list[tuple[int, TraceFacts]], offset: int,
+                    table: Mapping[bytes, bytes | None]) -> None:  # fmt: skip
+        """Fold an envelope's parsed facts (:meth:`parse`) at ``offset`` of ``partition``."""
+        part = self.partition(partition, table, offset)
+        if offset > part.folded_offset:
+            part.folded_offset = offset
+        horizon = int(time.time() * 1000) + self.config.max_clock_skew_ms
+        for index, facts in parsed:
+            self.stats.traces += 1
             if part.watermark_ms < facts.timestamp_ms <= horizon:  # a clock far ahead must not close everything
                 part.watermark_ms = facts.timestamp_ms
             self._fold_one(part, facts, partition, offset, index)
+
+    def state_key(self, facts: TraceFacts) -> str | None:
+        """The key of the state a trace folds into, when a store may hold it: its session, or its
+        user's day of session-less traces (``None``: no state, or an inferred session)."""
+        if facts.session_id:
+            return facts.session_id
+        if facts.user_id and not self.config.infer_sessions:
+            return loose_key(facts.user_id, day_of(facts.timestamp_ms))
+        return None
+
+    def missing(self, part: PartitionFold, parsed: list[tuple[int, TraceFacts]]) -> list[str]:
+        """The state keys of ``parsed`` this partition does not hold (to load before folding)."""
+        keys = {k for _, f in parsed if (k := self.state_key(f)) is not None and k not in part.sessions}
+        return sorted(keys)
+
+    def adopt(self, part: PartitionFold, states: Iterable[SessionState]) -> None:
+        """Take over states read back from the store (not dirty: the store has them)."""
+        for state in states:
+            sid = state.session_id
+            if sid in part.sessions:
+                continue
+            part.sessions[sid] = state
+            if state.status == "open":
+                part.open.add(sid)
+            else:
+                heapq.heappush(part.closed, (state.last_end_ms, sid))
 
     def _fold_one(self, part: PartitionFold, facts: TraceFacts, partition: int, offset: int, index: int) -> None:
         sid = facts.session_id
@@ -245,16 +289,17 @@ class Folder:
                 if not state.hidden:
                     self.stats.sessions_closed += 1
 
-    def evict(self, part: PartitionFold, committed: int | None) -> list[str]:
-        """Forget closed sessions whose last turn ended ``state_retention_ms`` before the watermark,
-        once every event that touched them is below ``committed`` (a replay must never meet a session
-        it already counted but no longer remembers)."""
-        retention = self.config.state_retention_ms
-        if retention is None or not part.closed or committed is None:
+    def evictable(self, part: PartitionFold, committed: int | None, limit: int = 10_000) -> list[SessionState]:
+        """Take from the partition's queue of closed sessions those whose last turn ended
+        ``retention_ms`` before the watermark and every event that touched them is below ``committed``
+        (a replay must never meet a session it already counted but no longer remembers), oldest first.
+        :meth:`evict` then forgets them or puts them back."""
+        retention = self.retention_ms
+        if retention is None or committed is None:
             return []
         horizon = part.watermark_ms - retention
-        evicted: list[str] = []
-        while part.closed and part.closed[0][0] < horizon:
+        out: list[SessionState] = []
+        while part.closed and part.closed[0][0] < horizon and len(out) < limit:
             last_end, sid = part.closed[0]
             state = part.sessions.get(sid)
             if state is None or state.status != "closed" or state.last_end_ms != last_end:
@@ -265,6 +310,21 @@ class Folder:
             if sid in part.dirty or touched >= committed:
                 break
             heapq.heappop(part.closed)
+            out.append(state)
+        return out
+
+    def evict(self, part: PartitionFold, candidates: list[SessionState], confirmed: set[str] | None = None
+              ) -> list[str]:  # fmt: skip
+        """Forget the ``candidates`` taken by :meth:`evictable`; with ``confirmed``, only those (the ones
+        the store holds exactly, so they can be loaded back if they reopen) and queue the others again."""
+        evicted: list[str] = []
+        for state in candidates:
+            sid = state.session_id
+            if part.sessions.get(sid) is not state or state.status != "closed" or sid in part.dirty:
+                continue  # reopened meanwhile: queued again when it closes
+            if confirmed is not None and sid not in confirmed:
+                heapq.heappush(part.closed, (state.last_end_ms, sid))
+                continue
             del part.sessions[sid]
             part.touched_at.pop(sid, None)
             if state.inferred and state.user_ids:

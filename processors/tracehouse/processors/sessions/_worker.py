@@ -13,6 +13,14 @@ re-emits *identical* facts in the same order; the sink skips those at or below t
 On revoke a partition's state is dropped, never flushed: the next owner restores the changelog and
 replays from the committed offset.
 
+With a store (``tracehouse up`` shares the sink's; apart, a ClickHouse server), the sessionizer also
+reads back what its changelog does not hold (``_source``): on a new broker epoch it continues the open
+sessions and the event time of each partition where the store left them, and it loads a session it
+evicted (or never saw in this epoch) before folding its next trace. Closed sessions are then evicted
+after ``state_retention_ms`` (default :data:`DEFAULT_RETENTION_WITH_STORE_MS`), once the store holds them
+exactly. The broker epoch is checked every :data:`EPOCH_CHECK_S`: a broker that lost its data stops the
+worker (its state went with the broker), to be restarted.
+
 faust is imported lazily: importing this module has no side effects.
 """
 
@@ -26,10 +34,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tracehouse.schemas import split_envelope
 from tracehouse.schemas.kafka import producer_compression
+from tracehouse.storage import Store
 
+from .._epoch import read_epoch
 from ._config import SessionizerConfig
-from ._emit import Emitter, FlushBatch, snapshot
+from ._emit import Emitter, Evictions, FlushBatch, snapshot
+from ._facts import TraceFacts
 from ._fold import Folder, PartitionFold, SessionizerStats
+from ._source import StoreSource
 
 if TYPE_CHECKING:
     import faust
@@ -41,6 +53,13 @@ TIMER_NAME: Final = "tracehouse.sessionizer.flush"
 TABLE_NAME: Final = "sessions"
 #: How long a refused offset hole may last before it is taken as a real gap in the topic.
 HOLE_PATIENCE_S: Final = 60.0
+#: With a store to reload them from, closed sessions are forgotten this long after their last turn.
+DEFAULT_RETENTION_WITH_STORE_MS: Final = 3_600_000
+EPOCH_CHECK_S: Final = 10.0
+
+
+class EpochChanged(RuntimeError):
+    """The broker lost its data while this worker ran: its state (in the broker) is gone."""
 
 
 def _never_commit_over_a_hole() -> None:
@@ -69,13 +88,18 @@ class Sessionizer:
     """A faust app folding traces into sessions, with its state. Build with :func:`create_sessionizer`
     for the app alone, or use :func:`run_sessionizer` / ``tracehouse sessionizer``."""
 
-    def __init__(self, config: SessionizerConfig) -> None:
+    def __init__(self, config: SessionizerConfig, store: Store | None = None) -> None:
         import faust
 
         _never_commit_over_a_hole()
         self.config = config
         self.stats = SessionizerStats()
         self.folder = Folder(config, self.stats)
+        self.source = StoreSource(store, config.partitions) if store is not None else None
+        if self.source is not None and config.state_retention_ms is None:
+            self.folder.retention_ms = max(DEFAULT_RETENTION_WITH_STORE_MS, 2 * config.inactivity_gap_ms)
+        self.epoch: str | None = None
+        self._epoch_checked = 0.0
         self._generation: dict[int, int] = {}
         self._pending: list[Any] = []  # faust EventT, acked after their state is flushed
         self._flush_lock = asyncio.Lock()
@@ -133,14 +157,95 @@ class Sessionizer:
             if stats.first_envelope_at is None:
                 stats.first_envelope_at = now
             message = event.message
+            if self.epoch is None:
+                await self.enter_epoch()
             if not self._contiguous(message.partition, message.offset):
                 await self._reread(message.partition)
                 continue  # neither folded nor acked: it comes again after the hole
             if event.value:
-                self.fold(message.partition, split_envelope(event.value), message.offset)
+                parsed = self.folder.parse(split_envelope(event.value))
+                if self.source is not None and not await self._load(message.partition, message.offset, parsed):
+                    continue  # revoked while loading: its next owner folds it
+                self.folder.fold_parsed(message.partition, parsed, message.offset, self.table.data)
             stats.envelopes += 1
             stats.last_envelope_at = now
             self._pending.append(event)
+
+    # ------------------------------------------------------------------------------- epoch and store
+
+    async def enter_epoch(self) -> str:
+        """Read the broker epoch; with a store, wait until the sink registered it there (after it
+        reconciled what an unclean stop left), so what is read back is what to continue."""
+        epoch = await read_epoch(self.config.bootstrap, self.config.topics.epoch)
+        assert epoch is not None
+        if self.source is not None:
+            await asyncio.to_thread(self.source.wait_epoch, epoch)
+        self.epoch = epoch
+        self._epoch_checked = time.monotonic()
+        return epoch
+
+    async def _check_epoch(self) -> None:
+        if self.epoch is None or time.monotonic() - self._epoch_checked < EPOCH_CHECK_S:
+            return
+        self._epoch_checked = time.monotonic()
+        current = await read_epoch(self.config.bootstrap, self.config.topics.epoch, create=False)
+        if current is not None and current != self.epoch:
+            raise EpochChanged(f"the broker's epoch changed from {self.epoch} to {current}: the broker lost "
+                               "its data and with it this sessionizer's state; restart the sessionizer")  # fmt: skip
+
+    async def _load(self, partition: int, offset: int, parsed: list[tuple[int, TraceFacts]]) -> bool:
+        """Read back from the store what folding ``parsed`` needs and this worker does not hold: on a
+        partition's first use in an epoch, its open sessions and event time; then any session (or day of
+        a user's session-less traces) not in memory. ``False`` if the partition was revoked meanwhile."""
+        source = self.source
+        assert source is not None
+        part = self.folder.partition(partition, self.table.data, offset)
+        generation = self._generation.get(partition, 0)
+
+        def owned() -> bool:
+            return self.folder.parts.get(partition) is part and self._generation.get(partition, 0) == generation
+
+        if part.fresh:
+            part.fresh = False
+            states = await asyncio.to_thread(source.open_sessions, partition, part.folded_offset)
+            watermark = await asyncio.to_thread(source.watermark, partition)
+            if not owned():
+                return False
+            self.folder.adopt(part, states)
+            part.watermark_ms = max(part.watermark_ms, watermark)
+            part.scanned_ms = -1
+            self.stats.sessions_loaded += len(states)
+            if states:
+                log.info("partition %d: continuing %d open sessions from the store", partition, len(states))
+        missing = self.folder.missing(part, parsed)
+        if missing:
+            states = await asyncio.to_thread(source.load, missing, part.folded_offset)
+            if not owned():
+                return False
+            self.folder.adopt(part, states)
+            self.stats.sessions_loaded += len(states)
+        return True
+
+    async def _confirm_evictions(self) -> Evictions | None:
+        """With a store: the closed sessions due for eviction, and those the store holds exactly."""
+        if self.source is None:
+            return None
+        source = self.source
+        candidates = {}
+        for p, part in self.folder.parts.items():
+            if states := self.folder.evictable(part, self._committed(p)):
+                candidates[p] = (part, states)
+        if not candidates:
+            return {}
+        try:
+            confirmed = await asyncio.to_thread(
+                lambda: {p: source.confirm(states, part.folded_offset) for p, (part, states) in candidates.items()}
+            )
+        except Exception:
+            for part, states in candidates.values():
+                self.folder.evict(part, states, set())  # queue them again
+            raise
+        return {p: (states, confirmed[p]) for p, (_, states) in candidates.items()}
 
     def _contiguous(self, partition: int, offset: int) -> bool:
         """Whether ``offset`` comes right after what was folded (or again: folding is idempotent).
@@ -193,9 +298,9 @@ class Sessionizer:
         """The fold's partitions (what a flush writes)."""
         return self.folder.parts
 
-    def _snapshot(self) -> list[FlushBatch]:
+    def _snapshot(self, evictions: Evictions | None = None) -> list[FlushBatch]:
         """Close, evict and encode what the next flush writes (``_emit.snapshot``)."""
-        return snapshot(self.folder, dict(self._generation), self._committed)
+        return snapshot(self.folder, dict(self._generation), self._committed, evictions)
 
     def _owned(self, batch: FlushBatch) -> bool:
         return self._generation.get(batch.partition, 0) == batch.generation
@@ -206,12 +311,13 @@ class Sessionizer:
             await self._flush()
 
     async def _flush(self) -> None:
+        evictions = await self._confirm_evictions()
         parts = self.folder.parts.values()
-        if not self._pending and not any(p.dirty or p.outbox for p in parts):
+        if not self._pending and not any(p.dirty or p.outbox for p in parts) and not evictions:
             return
         pending, self._pending = self._pending, []
         generations = dict(self._generation)
-        batches = self._snapshot()
+        batches = self._snapshot(evictions)
         if batches:
             emitter = Emitter(
                 producer=self.app.producer, table=self.table.data,
@@ -228,6 +334,14 @@ class Sessionizer:
         self.stats.flushes += 1
 
     async def _on_timer(self) -> None:
+        try:
+            await self._check_epoch()
+        except EpochChanged as exc:
+            log.error("%s", exc)
+            await self.app.crash(exc)
+            return
+        except Exception as exc:  # the broker is unreachable: the consumer reports that; try again later
+            log.debug("could not read the broker epoch: %r", exc)
         try:
             await self.flush()
         except Exception as exc:
@@ -248,17 +362,19 @@ class Sessionizer:
             log.info("revoked partitions %s: state dropped", sorted(parts))
 
 
-def create_sessionizer(config: SessionizerConfig) -> faust.App:
+def create_sessionizer(config: SessionizerConfig, store: Store | None = None) -> faust.App:
     """A finalized-on-start faust app running the sessionizer (nothing runs until it is started)."""
-    return Sessionizer(config).app
+    return Sessionizer(config, store).app
 
 
 async def run_sessionizer(
-    config: SessionizerConfig, stop: asyncio.Event, *, sessionizer: Sessionizer | None = None
+    config: SessionizerConfig, stop: asyncio.Event, *, sessionizer: Sessionizer | None = None,
+    store: Store | None = None,
 ) -> SessionizerStats:
     """Run the sessionizer in this event loop until ``stop`` is set; flush, then stop. Pass
-    ``sessionizer`` to watch its :attr:`Sessionizer.stats` while it runs."""
-    worker = sessionizer if sessionizer is not None else Sessionizer(config)
+    ``sessionizer`` to watch its :attr:`Sessionizer.stats` while it runs, or ``store`` to let it read
+    sessions back (see the module docstring)."""
+    worker = sessionizer if sessionizer is not None else Sessionizer(config, store)
     app = worker.app
     app.finalize()
     await app.start()
