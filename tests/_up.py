@@ -102,7 +102,7 @@ class Up:
                 return ids
 
 
-async def _publish(bootstrap: str, topic: str, events: list[TraceEvent]) -> None:
+async def publish_async(bootstrap: str, topic: str, events: list[TraceEvent]) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=2 << 20)
@@ -117,7 +117,7 @@ async def _publish(bootstrap: str, topic: str, events: list[TraceEvent]) -> None
 
 
 def publish(bootstrap: str, events: list[TraceEvent], prefix: str = "tracehouse.") -> None:
-    asyncio.run(_publish(bootstrap, f"{prefix}traces.v1", events))
+    asyncio.run(publish_async(bootstrap, f"{prefix}traces.v1", events))
 
 
 class Conversations:

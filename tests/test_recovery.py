@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from _truth import assert_exact, stored_traces
-from _up import PARTITIONS, Conversations, Up, publish, wait_for
+from _up import PARTITIONS, Conversations, Up, publish, publish_async, wait_for
 
 from tracehouse.storage import Store
 
@@ -61,3 +61,143 @@ def test_up_restarted_gracefully_and_killed_keeps_sessions_and_rollups_exact(tmp
         turns = dict(store.query("SELECT session_id, turns FROM sessions FINAL WHERE turns > 0"))
         assert len(turns) == 36
         assert sum(turns.values()) == len(stored)
+
+
+def test_broker_memory_loss_keeps_everything_exact(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The broker loses its data (stopped, started again empty on the same port) while a sink runs: the
+    sink goes on in the new epoch (offsets from 0 again are not taken for replays), the restarted
+    sessionizer continues every session from the store, and traces sent again after the loss (an app's
+    retry) count once."""
+    import asyncio
+
+    from test_sink_kafka import FAST
+
+    from tracehouse.app.embedded import TansuBroker, ensure_topics, free_port
+    from tracehouse.processors import Sink, SinkConfig
+    from tracehouse.processors.sessions import Sessionizer, SessionizerConfig, run_sessionizer
+    from tracehouse.schemas import Topics
+    from tracehouse.storage import migrate
+
+    port = free_port()
+    topics = Topics("loss.")
+    store = Store(f"chdb://{tmp_path / 'chdb'}")
+    migrate(store)
+    talk = Conversations(seed=5)
+    base = int(time.time() * 1000) - 3 * 60 * MIN
+    round_one = talk.round(base, turns=(2, 4))
+    round_two = talk.round(base + 40 * MIN, list(range(30)), turns=(1, 3))
+    resent = round_one[::7]  # re-sent after the loss: already stored, must count once
+
+    def settled(expected: int) -> bool:
+        n = store.query("SELECT count() FROM traces FINAL")[0][0]
+        turns = store.query("SELECT sum(turns) FROM sessions FINAL WHERE turns > 0")[0][0]
+        facts = store.query("SELECT sum(interactions) FROM user_rollups_daily")[0][0]
+        return bool(n == expected and turns == expected and facts == expected)
+
+    async def eventually(check: object, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():  # type: ignore[operator]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.3)
+
+    def sessionizer() -> tuple[asyncio.Event, asyncio.Task[object]]:
+        config = SessionizerConfig.resolve(
+            bootstrap=f"127.0.0.1:{port}", topic_prefix=topics.prefix, app_id=f"loss-{time.monotonic_ns()}",
+            partitions=PARTITIONS, rollup_partitions=PARTITIONS, flush_interval_ms=200,
+            datadir=str(tmp_path / "faust"), env={},
+        )  # fmt: skip
+        stop = asyncio.Event()
+        return stop, asyncio.create_task(run_sessionizer(config, stop, sessionizer=Sessionizer(config, store)))
+
+    async def scenario() -> None:
+        broker = TansuBroker(port=port, log_path=tmp_path / "tansu.log").start()
+        await ensure_topics(broker.bootstrap, topics, PARTITIONS)
+        sink = Sink(SinkConfig(bootstrap=broker.bootstrap, topic_prefix=topics.prefix, group_id="loss-sink",
+                               **FAST), store)  # fmt: skip
+        sink_task = asyncio.create_task(sink.run())
+        stop, worker = sessionizer()
+        await publish_async(broker.bootstrap, topics.traces, round_one)
+        await eventually(lambda: settled(len(round_one)), 120, "round one stored, sessionized and rolled up")
+        stop.set()
+        await asyncio.wait_for(worker, 60)
+
+        broker.stop()  # everything the broker held is gone
+        broker = TansuBroker(port=port, log_path=tmp_path / "tansu.log").start()
+        await ensure_topics(broker.bootstrap, topics, PARTITIONS)
+        stop, worker = sessionizer()
+        await publish_async(broker.bootstrap, topics.traces, round_two + resent)
+        expected = len(round_one) + len(round_two)
+        await eventually(lambda: settled(expected), 180, "round two stored, sessionized and rolled up")
+        stop.set()
+        await asyncio.wait_for(worker, 60)
+        await sink.stop()
+        await sink_task
+        broker.stop()
+
+    try:
+        with caplog.at_level("WARNING", logger="tracehouse.sink"):
+            asyncio.run(scenario())
+        assert "broker epoch changed" in caplog.text  # the same sink went on in the new epoch
+        assert len(stored_traces(store)) == len(round_one) + len(round_two)
+        assert_exact(store, PARTITIONS)
+    finally:
+        store.close()
+
+
+def test_roles_apart_on_a_broker_that_lost_its_data_apply_every_new_fact(tmp_path: Path) -> None:
+    """The sink and the sessionizer run as processes, the sink with a fixed consumer group; the broker
+    loses its data. New traces then sit at the offsets old ones had: the sink's ledger, tokens and
+    rollup marks, keyed by the broker epoch, must not take them (or their facts) for replays."""
+    import asyncio
+
+    from _processes import sessionizer_command, spawn, stop
+    from test_rollups import publish as publish_envelopes
+    from test_rollups import settled, spawn_sink
+
+    from tracehouse.app.embedded import TansuBroker, ensure_topics, free_port
+    from tracehouse.schemas import Topics, TraceEvent, encode_event
+    from tracehouse.schemas.kafka import partition_for, partition_key
+
+    port = free_port()
+    topics = Topics("apart.")
+    store_uri = f"chdb://{tmp_path / 'chdb'}"
+    talk = Conversations(sessions=40, users=10, seed=9)
+    base = int(time.time() * 1000) - 3 * 60 * MIN
+    round_one = talk.round(base, list(range(20)), turns=(3, 5))
+    round_two = talk.round(base + 10 * MIN, list(range(20, 40)), turns=(3, 5))  # new sessions, same users
+    logs = [tmp_path / "sink.log", tmp_path / "sessionizer.log"]
+
+    def run_round(broker: TansuBroker, events: list[TraceEvent], n: int) -> None:
+        envelopes = [(partition_for(partition_key(e).encode(), range(PARTITIONS)), [encode_event(e)]) for e in events]
+        sink = spawn_sink(broker, topics, store_uri, "tracehouse-sink", logs[0])
+        worker = spawn(sessionizer_command(broker.bootstrap, topics.prefix, "apart-sessionizer", PARTITIONS,
+                                           tmp_path / f"faust-{n}"), logs[1])  # fmt: skip
+        try:
+            ends = asyncio.run(publish_envelopes(broker.bootstrap, topics.traces, envelopes))
+            asyncio.run(settled(broker.bootstrap, topics, "apart-sessionizer", "tracehouse-sink", ends, 150))
+        finally:
+            stop(worker)
+            stop(sink)
+
+    def stored() -> tuple[int, int]:
+        with Store(store_uri) as s:  # chDB is ours once the sink stopped
+            traces = s.query("SELECT count() FROM traces FINAL")[0][0]
+            facts = s.query("SELECT sum(interactions) FROM user_rollups_daily")[0][0]
+            return int(traces), int(facts or 0)
+
+    broker = TansuBroker(port=port, log_path=tmp_path / "tansu.log").start()
+    try:
+        asyncio.run(ensure_topics(broker.bootstrap, topics, PARTITIONS))
+        run_round(broker, round_one, 1)
+        assert stored() == (len(round_one), len(round_one)), "\n".join(p.read_text()[-3000:] for p in logs)
+        broker.stop()
+        broker = TansuBroker(port=port, log_path=tmp_path / "tansu.log").start()
+        asyncio.run(ensure_topics(broker.bootstrap, topics, PARTITIONS))
+        run_round(broker, round_two, 2)
+    finally:
+        broker.stop()
+    total = len(round_one) + len(round_two)
+    assert stored() == (total, total), "\n".join(p.read_text()[-3000:] for p in logs)
+    with Store(store_uri) as s:
+        assert_exact(s, PARTITIONS)
