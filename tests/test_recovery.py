@@ -201,3 +201,80 @@ def test_roles_apart_on_a_broker_that_lost_its_data_apply_every_new_fact(tmp_pat
     assert stored() == (total, total), "\n".join(p.read_text()[-3000:] for p in logs)
     with Store(store_uri) as s:
         assert_exact(s, PARTITIONS)
+
+
+def test_evicted_sessions_reload_exactly_when_they_reopen(tmp_path: Path) -> None:
+    """With a store, closed sessions (and users' days of session-less traces) are evicted once the store
+    holds them exactly; a late turn reloads them, and turns re-sent after the eviction count once."""
+    import asyncio
+    import dataclasses
+
+    import msgspec
+    from test_sink_kafka import FAST
+
+    from tracehouse.app.embedded import TansuBroker, ensure_topics
+    from tracehouse.processors import Sink, SinkConfig
+    from tracehouse.processors.sessions import Sessionizer, SessionizerConfig, run_sessionizer
+    from tracehouse.schemas import Topics
+    from tracehouse.storage import migrate
+
+    topics = Topics("evict.")
+    store = Store(f"chdb://{tmp_path / 'chdb'}")
+    migrate(store)
+    talk = Conversations(sessions=30, users=6, seed=11)
+    base = int(time.time() * 1000) - 24 * 60 * MIN
+    old = talk.round(base, turns=(2, 3))
+    loose = [msgspec.structs.replace(e, trace_id=f"tr-{i + 1:032x}", metadata={"mlflow.trace.user": "user-00"})
+             for i, e in enumerate(old[:5])]  # fmt: skip
+    later = talk.round(base + 4 * 60 * MIN, list(range(20, 30)))  # pushes event time 4 h on
+    reopen = talk.round(base + 10 * MIN, list(range(10)), turns=(1, 2))  # late turns to evicted sessions
+    again = old[::5] + loose[:2]  # re-sent after their sessions were evicted
+
+    config = SessionizerConfig.resolve(
+        bootstrap="", topic_prefix=topics.prefix, app_id="evict-sessionizer", partitions=PARTITIONS,
+        rollup_partitions=PARTITIONS, flush_interval_ms=200, datadir=str(tmp_path / "faust"), env={},
+        state_retention_ms=60 * MIN,
+    )  # fmt: skip
+
+    def settled(expected: int) -> bool:
+        n = store.query("SELECT count() FROM traces FINAL")[0][0]
+        turns = store.query("SELECT sum(turns) FROM sessions FINAL WHERE turns > 0")[0][0]
+        facts = store.query("SELECT sum(interactions) FROM user_rollups_daily")[0][0]
+        return bool(n == expected and turns == expected - len(loose) and facts == expected)
+
+    async def until(check: object, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():  # type: ignore[operator]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.3)
+
+    async def scenario() -> Sessionizer:
+        with TansuBroker(log_path=tmp_path / "tansu.log") as broker:
+            await ensure_topics(broker.bootstrap, topics, PARTITIONS)
+            sink = Sink(SinkConfig(bootstrap=broker.bootstrap, topic_prefix=topics.prefix, group_id="evict-sink",
+                                   **FAST), store)  # fmt: skip
+            sink_task = asyncio.create_task(sink.run())
+            cfg = dataclasses.replace(config, bootstrap=broker.bootstrap)
+            worker = Sessionizer(cfg, store)
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_sessionizer(cfg, stop, sessionizer=worker))
+            await publish_async(broker.bootstrap, topics.traces, old + loose)
+            await until(lambda: settled(len(old) + len(loose)), 120, "the old turns")
+            await publish_async(broker.bootstrap, topics.traces, later)
+            expected = len(old) + len(loose) + len(later)
+            await until(lambda: settled(expected) and worker.stats.sessions_evicted >= 20, 120, "evictions")
+            await publish_async(broker.bootstrap, topics.traces, reopen + again)
+            await until(lambda: settled(expected + len(reopen)), 120, "the late turns")
+            stop.set()
+            await asyncio.wait_for(task, 60)
+            await sink.stop()
+            await sink_task
+            return worker
+
+    try:
+        worker = asyncio.run(scenario())
+        assert worker.stats.sessions_loaded >= 10  # the reopened sessions, read back
+        assert_exact(store, PARTITIONS)
+    finally:
+        store.close()
