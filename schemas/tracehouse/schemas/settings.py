@@ -40,12 +40,14 @@ __all__ = [
     "MAX_PAYLOAD_ITEMS",
     "READ_YOUR_WRITES_TIMEOUT_S",
     "RECONCILE_WINDOW_S",
+    "RETENTION_DAYS",
     "SERVER_URI",
     "SESSION_GAP_MS",
     "SESSION_MAX_MS",
     "SHUTDOWN_TIMEOUT_S",
     "SINK_GROUP",
     "STORE_URI",
+    "SUMMARY_RETENTION_DAYS",
     "TANSU_BINARY",
     "TOPIC_PREFIX",
     "FromEnvironment",
@@ -275,6 +277,17 @@ RECONCILE_WINDOW_S: Final = _declare(
     "After an unclean stop, the sink recomputes sessions and rollups changed in at most this many seconds "
     "before the latest change (from the last consistent point, if later). Exactness after a crash holds "
     "when the processors were less than this far behind the sink.", _seconds, "sink", "up",
+)  # fmt: skip
+RETENTION_DAYS: Final = _declare(
+    "TRACEHOUSE_RETENTION_DAYS", 30,
+    "Days ClickHouse keeps raw traces, spans, tags and assessments after their time (0: forever). Applied by "
+    "`tracehouse up` and `tracehouse migrate`; removal happens at ClickHouse's next merge (hours).",
+    _count, "up", "migrate",
+)  # fmt: skip
+SUMMARY_RETENTION_DAYS: Final = _declare(
+    "TRACEHOUSE_SUMMARY_RETENTION_DAYS", 0,
+    "Days ClickHouse keeps session records (after their last turn) and per-user daily rollups (0: forever; "
+    "at least the raw retention).", _count, "up", "migrate",
 )  # fmt: skip
 SERVER_URI: Final = _declare(
     "TRACEHOUSE_URI", "http://127.0.0.1:5000",

@@ -7,6 +7,7 @@ from ._experiments import DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, Experi
 from ._ledger import LEDGER_TABLE, MARKS_TABLE, Ledger
 from ._migrations import MIGRATIONS, Migration, current_version, latest_version, migrate
 from ._reconcile import ReconcileReport, begin_epoch, partition_watermarks, reconcile, version_at
+from ._retention import Retention, current_retention, set_retention
 from ._rows import (
     SESSION_COLUMNS,
     TABLES,
@@ -37,12 +38,14 @@ __all__ = [
     "Ledger",
     "Migration",
     "ReconcileReport",
+    "Retention",
     "RowBatch",
     "StateTable",
     "Store",
     "StoreURIError",
     "add_event_rows",
     "begin_epoch",
+    "current_retention",
     "current_version",
     "drop_stored",
     "existing_trace_ids",
@@ -52,6 +55,7 @@ __all__ = [
     "partition_watermarks",
     "reconcile",
     "session_row",
+    "set_retention",
     "user_trace_row",
     "value_text",
     "version_at",

@@ -33,21 +33,34 @@ DEFAULT_DATA_DIR = "./.tracehouse"
               help="Give traces with a user but no session id an inferred session (inferred:<user>:<ms>).")
 @setting_option(settings.AUTH_TOKEN, "--auth-token",
                 help="Require 'Authorization: Bearer <token>' (or Basic auth with it as password).")
+@setting_option(settings.RETENTION_DAYS, "--retention-days", type=int,
+                help="Keep raw traces, spans, tags and assessments this many days (0: forever).")
+@setting_option(settings.SUMMARY_RETENTION_DAYS, "--summary-retention-days", type=int,
+                help="Keep session records and per-user rollups this many days (0: forever).")
 def up(port: int, host: str, kafka_port: int, data_dir: str, partitions: int, topic_prefix: str | None,
        demo: bool, inactivity_gap_ms: int, max_duration_ms: int | None, infer_sessions: bool,
-       auth_token: str | None) -> None:  # fmt: skip
+       auth_token: str | None, retention_days: int | None, summary_retention_days: int | None) -> None:  # fmt: skip
     """Run the whole pipeline on the embedded defaults.
 
     Starts the Tansu Kafka broker, the processors and sink, a chDB store under --data-dir, and the
     HTTP server: web UI, query API, MLflow's tracking API (MLFLOW_TRACKING_URI=http://HOST:PORT)
     and OTLP/HTTP (POST /v1/traces). Ctrl-C drains in-flight events into ClickHouse and stops cleanly.
     """
+    from tracehouse.storage import Retention
+
     from ._up import UpOptions, run_up
 
+    retention_days = settings.RETENTION_DAYS.read(retention_days)
+    summary_retention_days = settings.SUMMARY_RETENTION_DAYS.read(summary_retention_days)
+    try:
+        Retention(retention_days, summary_retention_days)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     opts = UpOptions(host=host, port=port, kafka_port=kafka_port, data_dir=Path(data_dir),
                      partitions=partitions, topic_prefix=topic_prefix, demo=demo,
                      inactivity_gap_ms=inactivity_gap_ms, max_duration_ms=max_duration_ms,
-                     infer_sessions=infer_sessions, auth_token=auth_token)  # fmt: skip
+                     infer_sessions=infer_sessions, auth_token=auth_token,
+                     retention_days=retention_days, summary_retention_days=summary_retention_days)  # fmt: skip
     try:
         run_up(opts)
     except (OSError, RuntimeError) as exc:
@@ -154,16 +167,30 @@ def serve(store_uri: str | None, host: str, port: int, kafka_bootstrap: str | No
 
 @click.command()
 @setting_option(settings.STORE_URI, "--store", "store_uri", help="chdb:///path or clickhouse://user:pass@host:8123/db.")
-def migrate(store_uri: str | None) -> None:
-    """Create or upgrade the ClickHouse tables (versioned migrations)."""
-    from tracehouse.storage import Store, latest_version
+@setting_option(settings.RETENTION_DAYS, "--retention-days", type=int,
+                help="Keep raw traces, spans, tags and assessments this many days (0: forever).")
+@setting_option(settings.SUMMARY_RETENTION_DAYS, "--summary-retention-days", type=int,
+                help="Keep session records and per-user rollups this many days (0: forever).")
+def migrate(store_uri: str | None, retention_days: int | None, summary_retention_days: int | None) -> None:
+    """Create or upgrade the ClickHouse tables (versioned migrations) and set their retention."""
+    from tracehouse.storage import Retention, Store, latest_version, set_retention
     from tracehouse.storage import migrate as run_migrations
 
     uri = settings.STORE_URI.read(store_uri)
     if uri.startswith("chdb://") and not uri.startswith("chdb:///"):  # a relative path: say where it is
         uri = f"chdb://{Path(uri.removeprefix('chdb://')).resolve()}"
+    try:
+        retention = Retention(settings.RETENTION_DAYS.read(retention_days),
+                              settings.SUMMARY_RETENTION_DAYS.read(summary_retention_days))  # fmt: skip
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     with Store(uri) as store:
         applied = run_migrations(store)
+        changed = set_retention(store, retention)
     for m in applied:
         click.echo(f"applied {m.version:04d} {m.name}")
     click.echo(f"store {uri} is at schema version {latest_version()}")
+    from ._up import retention_text
+
+    kept = retention_text(retention.raw_days, retention.summary_days)
+    click.echo(f"retention {'set to' if changed else 'is'}: {kept}")

@@ -44,6 +44,8 @@ class UpOptions:
     max_duration_ms: int | None = None
     infer_sessions: bool = False
     auth_token: str | None = None
+    retention_days: int = 30
+    summary_retention_days: int = 0
 
 
 def run_up(opts: UpOptions) -> None:
@@ -60,7 +62,7 @@ async def _up(opts: UpOptions) -> None:
     from tracehouse.app.server import AuthConfig, create_app
     from tracehouse.processors import Sink, SinkConfig
     from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
-    from tracehouse.storage import StateTable, Store, migrate
+    from tracehouse.storage import Retention, StateTable, Store, migrate, set_retention
 
     data_dir = opts.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,7 @@ async def _up(opts: UpOptions) -> None:
         store_uri = f"chdb://{data_dir / 'chdb'}"
         store = Store(store_uri)
         migrate(store)
+        set_retention(store, Retention(opts.retention_days, opts.summary_retention_days))
         # The in-memory broker starts every run at offset 0 while the store persists: each run is a new
         # broker epoch, by which the sink keys its ledger and tokens (and after an unclean stop it first
         # reconciles sessions and rollups with the stored traces).
@@ -131,6 +134,7 @@ async def _up(opts: UpOptions) -> None:
             f"  traces topic      {topics.traces} ({opts.partitions} partitions), dead letters {topics.dlq}\n"
             f"  sessions topic    {topics.sessions} (session records, sunk into the sessions table)\n"
             f"  store             {store_uri}\n"
+            f"  retention         {retention_text(opts.retention_days, opts.summary_retention_days)}\n"
             f"  UI and API        {url}   (export TRACEHOUSE_URI={url})\n"
             f"  MLflow clients    export MLFLOW_TRACKING_URI={url}\n"
             f"  OTLP/HTTP         {url}/v1/traces\n"
@@ -176,6 +180,13 @@ async def _up(opts: UpOptions) -> None:
         if store is not None:
             store.close()
         broker.stop()
+
+
+def retention_text(raw_days: int, summary_days: int) -> str:
+    def days(n: int) -> str:
+        return "forever" if n == 0 else f"{n} days"
+
+    return f"raw traces {days(raw_days)}, sessions and rollups {days(summary_days)}"
 
 
 @contextlib.contextmanager
