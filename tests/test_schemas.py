@@ -4,6 +4,7 @@ import pytest
 
 from tracehouse.schemas import (
     EventDecodeError,
+    SdkHeartbeat,
     TagDeleteEvent,
     TagSetEvent,
     TraceEvent,
@@ -26,6 +27,9 @@ def test_examples_decode_to_their_types() -> None:
     assert trace.spans[1].parent_span_id == trace.spans[0].span_id
     assert isinstance(decode_event(example("tag_set")), TagSetEvent)
     assert isinstance(decode_event(example("tag_delete")), TagDeleteEvent)
+    beat = decode_event(example("sdk_heartbeat"))
+    assert isinstance(beat, SdkHeartbeat)
+    assert beat.published + beat.buffered == beat.accepted
 
 
 def test_encode_decode_round_trip() -> None:

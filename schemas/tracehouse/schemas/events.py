@@ -12,6 +12,7 @@ processors decode with msgspec, which validates types, patterns and bounds in th
 * ``session``: a session's current state, from the sessionizer (topic ``sessions.v1``).
 * ``user_trace``: one trace's share of its user's rollups, repartitioned by user by the sessionizer
   (topic ``user-rollups.v1``).
+* ``sdk_heartbeat``: an SDK process's counters (accepted, published, dropped), every minute.
 """
 
 from __future__ import annotations
@@ -196,7 +197,31 @@ class UserTraceFact(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="
     schema_version: Literal[1] = 1
 
 
-Event = TraceEvent | SpansEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent | SessionRecord | UserTraceFact
+class SdkHeartbeat(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag="sdk_heartbeat"):
+    """A periodic report from one process's SDK publisher, on ``traces.v1`` (keyed by ``process_id``):
+    what it accepted, what Kafka acknowledged, what it dropped. ``tracehouse status`` sums the newest
+    report of each process, so drops that happen in the app are visible where the pipeline is."""
+
+    #: ``<host>:<pid>:<random>``, one per SDK start.
+    process_id: Key
+    time_ms: UnixMillis
+    #: Since the SDK started: events accepted, acknowledged by Kafka, dropped (buffer full, or not sent
+    #: before shutdown), failed (refused by Kafka), and waiting in the buffer now.
+    accepted: Annotated[int, msgspec.Meta(ge=0)] = 0
+    published: Annotated[int, msgspec.Meta(ge=0)] = 0
+    dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
+    failed: Annotated[int, msgspec.Meta(ge=0)] = 0
+    buffered: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: The app, as ``OTEL_SERVICE_NAME`` or the script name says.
+    service: ShortText = ""
+    sdk_version: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    schema_version: Literal[1] = 1
+
+
+Event = (
+    TraceEvent | SpansEvent | TagSetEvent | TagDeleteEvent | AssessmentEvent | SessionRecord | UserTraceFact
+    | SdkHeartbeat
+)
 EVENT_TYPES: Final = (
-    TraceEvent, SpansEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent, SessionRecord, UserTraceFact,
+    TraceEvent, SpansEvent, TagSetEvent, TagDeleteEvent, AssessmentEvent, SessionRecord, UserTraceFact, SdkHeartbeat,
 )  # fmt: skip

@@ -4,7 +4,7 @@ envelope packer. One place, so the SDK, the ingest gateway and the sessionizer c
 * :func:`partition_key` keys a trace by its session (else its user, else its id), so every turn of a
   session lands on one partition, in order, and the sessionizer needs no repartition. Spans and
   assessments follow their trace's session when they know it; tags go by trace id; session records by
-  session; ``user_trace`` facts by user.
+  session; ``user_trace`` facts by user; SDK heartbeats by process.
 * :func:`partition_for` is Kafka's default partitioner (``murmur2(key) & 0x7fffffff % n``, as the Java
   client and aiokafka compute it), so any Kafka client keying the same way agrees with tracehouse.
 * :func:`pack` groups encoded events into NDJSON envelopes (one Kafka message each) of at most
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._codec import envelope_headers
-from .events import AssessmentEvent, Event, SessionRecord, SpansEvent, TraceEvent, UserTraceFact
+from .events import AssessmentEvent, Event, SdkHeartbeat, SessionRecord, SpansEvent, TraceEvent, UserTraceFact
 from .keys import resolve_identity
 
 __all__ = [
@@ -70,6 +70,8 @@ def partition_key(event: Event | Mapping[str, Any]) -> str:
         return event.session_id
     if isinstance(event, UserTraceFact):
         return event.user_id
+    if isinstance(event, SdkHeartbeat):
+        return event.process_id
     return event.trace_id
 
 
@@ -91,6 +93,8 @@ def _dict_key(event: Mapping[str, Any]) -> str:
         key = _text(event.get("session_id"))
     elif kind == "user_trace":
         key = _text(event.get("user_id"))
+    elif kind == "sdk_heartbeat":
+        return _text(event.get("process_id"))
     else:
         key = None
     return key or str(event["trace_id"])

@@ -343,6 +343,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        7,
+        "SDK heartbeats: each app process's published and dropped counts, for tracehouse status",
+        (
+            # The newest report of a process wins; a process gone quiet for a month is forgotten.
+            """
+            CREATE TABLE IF NOT EXISTS sdk_heartbeats (
+                process_id String,
+                time_ms Int64,
+                accepted UInt64,
+                published UInt64,
+                dropped UInt64,
+                failed UInt64,
+                buffered UInt64,
+                service String,
+                sdk_version LowCardinality(String)
+            ) ENGINE = ReplacingMergeTree(time_ms)
+            ORDER BY process_id
+            TTL toDateTime(intDiv(time_ms, 1000)) + INTERVAL 30 DAY
+            """,
+        ),
+    ),
 )
 
 

@@ -14,6 +14,7 @@ import orjson
 from tracehouse.schemas import (
     AssessmentEvent,
     Event,
+    SdkHeartbeat,
     SessionRecord,
     Span,
     SpansEvent,
@@ -50,6 +51,10 @@ USER_TRACE_COLUMNS: Final = (
     "input_tokens", "output_tokens", "total_tokens",
 )  # fmt: skip
 
+HEARTBEAT_COLUMNS: Final = (
+    "process_id", "time_ms", "accepted", "published", "dropped", "failed", "buffered", "service", "sdk_version",
+)  # fmt: skip
+
 UINT64_MAX: Final = 2**64 - 1
 SIZE_STATS: Final = "mlflow.trace.sizeStats"
 _EPOCH: Final = datetime.date(1970, 1, 1)
@@ -63,6 +68,7 @@ TABLES: Final[dict[str, tuple[str, ...]]] = {
     "assessments": ASSESSMENT_COLUMNS,
     "sessions": SESSION_COLUMNS,
     "user_trace_facts": USER_TRACE_COLUMNS,
+    "sdk_heartbeats": HEARTBEAT_COLUMNS,
 }
 
 
@@ -192,6 +198,12 @@ def add_event_rows(batch: RowBatch, event: Event) -> None:
         batch.rows["sessions"].append(session_row(event))
     elif isinstance(event, UserTraceFact):
         batch.rows["user_trace_facts"].append(user_trace_row(event))
+    elif isinstance(event, SdkHeartbeat):
+        batch.rows["sdk_heartbeats"].append((
+            event.process_id, event.time_ms, min(event.accepted, UINT64_MAX), min(event.published, UINT64_MAX),
+            min(event.dropped, UINT64_MAX), min(event.failed, UINT64_MAX), min(event.buffered, UINT64_MAX),
+            event.service, event.sdk_version,
+        ))  # fmt: skip
 
 
 def user_trace_row(event: UserTraceFact) -> tuple[Any, ...]:
