@@ -40,6 +40,11 @@ class WriteFence:
         if offset > self._produced.get(key, -1):
             self._produced[key] = offset
 
+    def reset(self) -> None:
+        """Forget every offset: the broker was replaced (offsets start again), after a drain."""
+        self._produced.clear()
+        self._passed.clear()
+
     def pending(self) -> dict[Partition, int]:
         """Offsets produced but not yet seen committed."""
         return {tp: off for tp, off in self._produced.items() if off > self._passed.get(tp, -1)}

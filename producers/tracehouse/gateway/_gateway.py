@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tracehouse.schemas import Event, Topics, TraceEvent, resolve_identity
+from tracehouse.schemas.errors import Unavailable
 
 from ._config import GatewayConfig
 from ._fence import CommitWaiter, GroupCommitWaiter, WriteFence
@@ -39,6 +40,8 @@ class Gateway:
         self.writer = EventWriter(config.bootstrap, self.topics.traces, self.fence,
                                   compression=config.compression)
         self._identities: OrderedDict[str, TraceIdentity] = OrderedDict()
+        #: While set, writes are refused with a 503 and this ``Retry-After`` (the broker is being replaced).
+        self.paused: tuple[str, float] | None = None
 
     async def start(self) -> None:
         await self.writer.start()
@@ -52,8 +55,25 @@ class Gateway:
             if self._group_waiter is not None:
                 await self._group_waiter.stop()
 
+    def pause(self, reason: str, retry_after_s: float) -> None:
+        """Refuse writes (503 with ``Retry-After``) until :meth:`resume`."""
+        self.paused = (reason, retry_after_s)
+
+    async def resume(self, *, new_broker: bool = False) -> None:
+        """Take writes again; ``new_broker``: reconnect and forget the offsets of the old broker."""
+        if new_broker:
+            await self.writer.stop()
+            self.fence.reset()
+            await self.writer.start()
+        self.paused = None
+
     async def publish(self, events: Sequence[Event]) -> None:
         """Publish and wait for Kafka's acknowledgement; remember the identity of each trace."""
+        if self.paused is not None:
+            reason, retry_after = self.paused
+            error = Unavailable(f"writes are paused: {reason}; retry in {retry_after:.0f}s")
+            error.retry_after_s = retry_after
+            raise error
         await self.writer.write(events)
         for event in events:
             if isinstance(event, TraceEvent):

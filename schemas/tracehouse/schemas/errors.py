@@ -175,10 +175,12 @@ class RemoteError(_Coded, ValueError):
 
 
 class Unavailable(_Coded):
-    """Kafka did not take a write: a 503, which clients retry."""
+    """Kafka did not take a write: a 503, which clients retry (after ``retry_after_s``, when set: the
+    HTTP answer carries it as ``Retry-After``)."""
 
     error_code = "TEMPORARILY_UNAVAILABLE"
     http_status = 503
+    retry_after_s: float | None = None
 
 
 class BrokerError(TracehouseError, RuntimeError):

@@ -38,7 +38,11 @@ def guard(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except TracehouseError as exc:
-            return error_response(exc.http_status, exc.error_code, str(exc))
+            response = error_response(exc.http_status, exc.error_code, str(exc))
+            retry_after = getattr(exc, "retry_after_s", None)
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(max(1, round(retry_after)))
+            return response
         except ValueError as exc:
             return error_response(400, INVALID_PARAMETER_VALUE, str(exc))
         except Exception as exc:  # keep the MLflow error shape even for our own failures
