@@ -2,7 +2,9 @@
 effect: offsets are committed only after the insert that covers them, and a batch ledger plus
 offset-derived deduplication tokens make a replay after a crash a no-op.
 
-Run it with ``python -m tracehouse.processors sink --bootstrap HOST:PORT --store chdb:///path``.
+Run it with ``python -m tracehouse.processors sink --bootstrap HOST:PORT --store chdb:///path``. Lines
+it refuses go to the dead-letter topic; :func:`read_dlq` lists them and :func:`replay_dead_letters`
+reinserts or drops them (``tracehouse dlq list`` / ``tracehouse dlq replay``).
 """
 
 from tracehouse.storage import LEDGER_TABLE, Ledger
@@ -29,13 +31,23 @@ from ._dlq import (
     DeadLetter,
     read_dlq,
 )
+from ._replay import (
+    DEFAULT_REPLAY_GROUP,
+    HEADER_REPLAYED_FROM,
+    ReplayPolicy,
+    ReplayReport,
+    handled_offsets,
+    replay_dead_letters,
+)
 from ._sink import Sink
 from ._state import SinkStats
-from ._validate import Rejection, check_event, validate_line
+from ._validate import DEFAULT_MAX_EVENT_BYTES, Rejection, check_event, validate_line
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
     "DEFAULT_GROUP_ID",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_REPLAY_GROUP",
     "DEFAULT_STORE_URI",
     "ENV_BOOTSTRAP",
     "ENV_STORE_URI",
@@ -45,6 +57,7 @@ __all__ = [
     "HEADER_ORIGIN_PARTITION",
     "HEADER_ORIGIN_TOPIC",
     "HEADER_REASON",
+    "HEADER_REPLAYED_FROM",
     "HEADER_TIME",
     "HEADER_TRUNCATED",
     "LEDGER_TABLE",
@@ -52,12 +65,16 @@ __all__ = [
     "DeadLetter",
     "Ledger",
     "Rejection",
+    "ReplayPolicy",
+    "ReplayReport",
     "Sink",
     "SinkConfig",
     "SinkStats",
     "advance_mark",
     "batch_token",
     "check_event",
+    "handled_offsets",
     "read_dlq",
+    "replay_dead_letters",
     "validate_line",
 ]

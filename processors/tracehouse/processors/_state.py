@@ -23,7 +23,7 @@ from tracehouse.storage import Ledger, Store
 
 from ._batch import BatchLimits, PartitionBatch
 from ._config import SinkConfig
-from ._dlq import DeadLetterProducer, DeadLetterWarnings
+from ._dlq import DeadLetterProducer, DeadLetterWarnings, RefusalLimit
 
 log = logging.getLogger("tracehouse.sink")
 
@@ -112,6 +112,12 @@ class SinkState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     commit_cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     warnings: DeadLetterWarnings = field(default_factory=lambda: DeadLetterWarnings(10.0))
+    #: Refused lines, against the limits of ``config`` (built from it).
+    refusals: RefusalLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.refusals = RefusalLimit(cfg.max_consecutive_refused, cfg.max_refused_ratio, cfg.refused_window)
 
     def set_committed(self, tp: Any, offset: int) -> None:
         key = (tp[0], tp[1])
