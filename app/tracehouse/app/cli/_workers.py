@@ -332,7 +332,11 @@ processors.add_command(dlq)
 def run_command(command: click.Command, argv: Sequence[str] | None, prog_name: str) -> int:
     """Run a click command as a program and return its exit code (instead of exiting)."""
     try:
-        command.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
+        # Not standalone, click returns the code of a ``click.exceptions.Exit`` instead of raising it.
+        result = command.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
+                              standalone_mode=False)  # fmt: skip
+        if isinstance(result, int):
+            return result
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
