@@ -285,8 +285,8 @@ SINK_MAX_EVENT_BYTES: Final = _declare(
 )  # fmt: skip
 SINK_MAX_CONSECUTIVE_REFUSED: Final = _declare(
     "TRACEHOUSE_SINK_MAX_CONSECUTIVE_REFUSED", 1000,
-    "The sink stops (exit status 3, nothing past its last commit committed) after this many refused lines "
-    "in a row, instead of dead-lettering a whole stream of a wrong format; `0` turns the check off.",
+    "The sink stops (exit status 3) after this many refused lines in a row, without committing the batches "
+    "it holds, instead of dead-lettering a whole stream of a wrong format; `0` turns the check off.",
     _count, "sink",
 )  # fmt: skip
 SINK_MAX_REFUSED_RATIO: Final = _declare(
