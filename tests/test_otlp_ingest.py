@@ -128,7 +128,7 @@ def test_raw_otlp_json_gzip_out_of_order_retries_and_errors(broker: TansuBroker,
         assert http.get("/api/3.0/mlflow/traces/tr-fedcba9876543210fedcba9876543210").status_code == 200
 
         for content, hdrs, status in [
-            (otlp_json(trace_hex, [root]), {"content-type": "text/plain"}, 400),
+            (otlp_json(trace_hex, [root]), {"content-type": "text/plain"}, 415),
             (b"not json", headers, 400),
             (b"\x00\x01garbage", {"content-type": "application/x-protobuf"}, 400),
             (b"not gzip", {**headers, "content-encoding": "gzip"}, 400),

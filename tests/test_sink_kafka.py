@@ -26,7 +26,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tracehouse.app.cli import processors_main as cli_main
 from tracehouse.app.embedded import TansuBroker
 from tracehouse.processors import (
-    WHOLE_MESSAGE,
     Ledger,
     Rejection,
     Sink,
@@ -293,7 +292,7 @@ def test_dead_letters_carry_reason_and_origin_and_the_rest_flows_on(
             b'{"type": "span", "trace_id": "tr-4f3c2a1b0e9d8c7b6a5f4e3d2c1b0a99"}',  # unknown type
         ]
     )
-    garbage = b"\x00\x9f\x92\x96 not an envelope \xff"
+    garbage = b"\x00\x9f\x92\x96 not an envelope \xff"  # one line, with a raw NUL: refused alone
     huge = b"\x00" * (1536 * 1024)  # larger than a dead letter may be: only its head is kept
     messages = [(0, mixed), (0, garbage), (0, encode_envelope([make_trace(102)])), (0, huge)]
 
@@ -312,10 +311,11 @@ def test_dead_letters_carry_reason_and_origin_and_the_rest_flows_on(
         letters = await read_dlq(broker.bootstrap, topics)
         assert len(letters) == 5
         by_origin = {(d.origin_offset, d.origin_line): d for d in letters}
-        assert set(by_origin) == {(0, 1), (0, 2), (0, 4), (1, WHOLE_MESSAGE), (3, WHOLE_MESSAGE)}
-        assert by_origin[(3, WHOLE_MESSAGE)].truncated_from == len(huge)
-        assert by_origin[(3, WHOLE_MESSAGE)].value == huge[: 64 * 1024]
-        assert by_origin[(1, WHOLE_MESSAGE)].truncated_from is None
+        assert set(by_origin) == {(0, 1), (0, 2), (0, 4), (1, 0), (3, 0)}
+        assert by_origin[(3, 0)].truncated_from == len(huge)
+        assert by_origin[(3, 0)].value == huge[: 64 * 1024]
+        assert by_origin[(3, 0)].reason.startswith("oversized event")
+        assert by_origin[(1, 0)].truncated_from is None
         for d in letters:
             assert d.origin_topic == topics.traces
             assert d.origin_partition == 0
@@ -325,10 +325,10 @@ def test_dead_letters_carry_reason_and_origin_and_the_rest_flows_on(
         assert by_origin[(0, 2)].value == orjson.dumps(bad_span)
         assert "ends before it starts" in by_origin[(0, 2)].reason
         assert by_origin[(0, 4)].reason.startswith("invalid event")
-        assert by_origin[(1, WHOLE_MESSAGE)].value == garbage
-        assert by_origin[(1, WHOLE_MESSAGE)].whole_message
-        assert "not an NDJSON envelope" in by_origin[(1, WHOLE_MESSAGE)].reason
-        assert by_origin[(1, WHOLE_MESSAGE)].key == b"k1"
+        assert by_origin[(1, 0)].value == garbage
+        assert not by_origin[(1, 0)].whole_message
+        assert "raw NUL byte at byte 0" in by_origin[(1, 0)].reason
+        assert by_origin[(1, 0)].key == b"k1"
 
         # Raw headers, as any Kafka client sees them.
         consumer = AIOKafkaConsumer(topics.dlq, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
@@ -349,14 +349,15 @@ def test_dead_letters_carry_reason_and_origin_and_the_rest_flows_on(
     assert {r[0] for r in store.query("SELECT trace_id FROM traces")} == {trace_id(100), trace_id(102)}
 
     # The same letters from the command line, one JSON object per line.
-    assert cli_main(["dlq", "--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix, "--timeout", "10"]) == 0
+    argv = ["dlq", "list", "--json", "--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix]
+    assert cli_main([*argv, "--timeout", "10"]) == 0
     printed = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted((d["origin"]["offset"], d["origin"]["line"]) for d in printed) == [
         (0, 1),
         (0, 2),
         (0, 4),
-        (1, -1),
-        (3, -1),
+        (1, 0),
+        (3, 0),
     ]
     assert [d["encoding"] for d in printed if d["origin"]["offset"] == 1] == ["base64"]  # not UTF-8
     assert count(store, "SELECT count() FROM spans") == 6

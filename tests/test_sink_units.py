@@ -20,6 +20,7 @@ from tracehouse.processors._batch import BatchLimits, PartitionBatch
 from tracehouse.processors._decode import envelope_problem
 from tracehouse.schemas import (
     HEADER_FORMAT,
+    HEADER_SCHEMA,
     TagSetEvent,
     TraceEvent,
     decode_event,
@@ -30,12 +31,14 @@ from tracehouse.schemas import (
 
 def test_public_api_is_pinned() -> None:
     assert sorted(processors.__all__) == [
-        "DEFAULT_BOOTSTRAP", "DEFAULT_GROUP_ID", "DEFAULT_STORE_URI", "DeadLetter", "ENV_BOOTSTRAP",
-        "ENV_STORE_URI", "ENV_TOPIC_PREFIX", "HEADER_ORIGIN_LINE", "HEADER_ORIGIN_OFFSET",
-        "HEADER_ORIGIN_PARTITION", "HEADER_ORIGIN_TOPIC", "HEADER_REASON", "HEADER_TIME", "HEADER_TRUNCATED",
-        "LEDGER_TABLE",
-        "Ledger", "Rejection", "Sink", "SinkConfig", "SinkStats", "WHOLE_MESSAGE", "advance_mark", "batch_token",
-        "check_event", "read_dlq", "validate_line",
+        "DEFAULT_BOOTSTRAP", "DEFAULT_GROUP_ID", "DEFAULT_MAX_EVENT_BYTES", "DEFAULT_REPLAY_GROUP",
+        "DEFAULT_STORE_URI", "DeadLetter", "ENV_BOOTSTRAP",
+        "ENV_STORE_URI", "ENV_TOPIC_PREFIX", "EpochUnavailable", "HEADER_ORIGIN_LINE", "HEADER_ORIGIN_OFFSET",
+        "HEADER_ORIGIN_PARTITION", "HEADER_ORIGIN_TOPIC", "HEADER_REASON", "HEADER_REPLAYED_FROM", "HEADER_TIME",
+        "HEADER_TRUNCATED", "LEDGER_TABLE",
+        "Ledger", "Rejection", "ReplayPolicy", "ReplayReport", "Sink", "SinkConfig", "SinkStats", "WHOLE_MESSAGE",
+        "advance_mark", "batch_token", "check_event", "epoch_scope", "handled_offsets", "read_dlq", "read_epoch",
+        "replay_dead_letters", "validate_line",
     ]  # fmt: skip
     for name in processors.__all__:
         assert hasattr(processors, name), name
@@ -130,12 +133,14 @@ def test_check_event_accepts_a_trace_without_spans_and_other_types() -> None:
 
 
 def test_envelope_problems() -> None:
+    """Only headers condemn a whole message; NUL bytes and bytes that are not UTF-8 are judged per line."""
     good = example("trace") + b"\n" + example("tag_set")
-    assert envelope_problem(good, [(HEADER_FORMAT, b"ndjson")]) is None
+    assert envelope_problem(good, [(HEADER_FORMAT, b"ndjson"), (HEADER_SCHEMA, b"1")]) is None
     assert envelope_problem('{"ünïcode": 1}'.encode(), None) is None
-    assert "NUL" in (envelope_problem(b"\x00\x01\x02", None) or "")
-    assert "UTF-8" in (envelope_problem(b"\xff\xfe{}", None) or "")
+    assert envelope_problem(b"\x00\x01\x02", None) is None
+    assert envelope_problem(b"\xff\xfe{}", None) is None
     assert "format" in (envelope_problem(good, [(HEADER_FORMAT, b"avro")]) or "")
+    assert "schema version" in (envelope_problem(good, [(HEADER_SCHEMA, b"2")]) or "")
 
 
 def test_batch_token_is_a_pure_function_of_the_bounds() -> None:

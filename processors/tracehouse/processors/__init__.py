@@ -2,7 +2,9 @@
 effect: offsets are committed only after the insert that covers them, and a batch ledger plus
 offset-derived deduplication tokens make a replay after a crash a no-op.
 
-Run it with ``python -m tracehouse.processors sink --bootstrap HOST:PORT --store chdb:///path``.
+Run it with ``python -m tracehouse.processors sink --bootstrap HOST:PORT --store chdb:///path``. Lines
+it refuses go to the dead-letter topic; :func:`read_dlq` lists them and :func:`replay_dead_letters`
+reinserts or drops them (``tracehouse dlq list`` / ``tracehouse dlq replay``).
 """
 
 from tracehouse.storage import LEDGER_TABLE, Ledger
@@ -30,13 +32,23 @@ from ._dlq import (
     read_dlq,
 )
 from ._epoch import EpochUnavailable, epoch_scope, read_epoch
+from ._replay import (
+    DEFAULT_REPLAY_GROUP,
+    HEADER_REPLAYED_FROM,
+    ReplayPolicy,
+    ReplayReport,
+    handled_offsets,
+    replay_dead_letters,
+)
 from ._sink import Sink
 from ._state import SinkStats
-from ._validate import Rejection, check_event, validate_line
+from ._validate import DEFAULT_MAX_EVENT_BYTES, Rejection, check_event, validate_line
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
     "DEFAULT_GROUP_ID",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_REPLAY_GROUP",
     "DEFAULT_STORE_URI",
     "ENV_BOOTSTRAP",
     "ENV_STORE_URI",
@@ -46,6 +58,7 @@ __all__ = [
     "HEADER_ORIGIN_PARTITION",
     "HEADER_ORIGIN_TOPIC",
     "HEADER_REASON",
+    "HEADER_REPLAYED_FROM",
     "HEADER_TIME",
     "HEADER_TRUNCATED",
     "LEDGER_TABLE",
@@ -54,6 +67,8 @@ __all__ = [
     "EpochUnavailable",
     "Ledger",
     "Rejection",
+    "ReplayPolicy",
+    "ReplayReport",
     "Sink",
     "SinkConfig",
     "SinkStats",
@@ -61,7 +76,9 @@ __all__ = [
     "batch_token",
     "check_event",
     "epoch_scope",
+    "handled_offsets",
     "read_dlq",
     "read_epoch",
+    "replay_dead_letters",
     "validate_line",
 ]

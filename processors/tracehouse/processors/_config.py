@@ -30,6 +30,8 @@ class SinkConfig(s.FromEnvironment):
         "bootstrap": s.KAFKA_BOOTSTRAP, "topic_prefix": s.TOPIC_PREFIX, "store_uri": s.STORE_URI,
         "group_id": s.SINK_GROUP, "compression": s.KAFKA_COMPRESSION, "inactivity_gap_ms": s.SESSION_GAP_MS,
         "max_duration_ms": s.SESSION_MAX_MS, "reconcile_window_s": s.RECONCILE_WINDOW_S,
+        "max_event_bytes": s.SINK_MAX_EVENT_BYTES, "max_consecutive_refused": s.SINK_MAX_CONSECUTIVE_REFUSED,
+        "max_refused_ratio": s.SINK_MAX_REFUSED_RATIO, "refused_window": s.SINK_REFUSED_WINDOW,
     }  # fmt: skip
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
@@ -79,16 +81,27 @@ class SinkConfig(s.FromEnvironment):
     dlq_max_request_size: int = 1024 * 1024
     #: Minimum seconds between two "dead-lettered ..." warnings.
     dlq_log_interval_s: float = 10.0
+    #: A longer event line is dead-lettered as ``oversized event``.
+    max_event_bytes: int = s.SINK_MAX_EVENT_BYTES.default
+    #: Stop (:class:`~tracehouse.schemas.errors.DeadLetterLimitExceeded`) after this many refused lines in a
+    #: row (``0``: never) ...
+    max_consecutive_refused: int = s.SINK_MAX_CONSECUTIVE_REFUSED.default
+    #: ... or when more than this share of the last ``refused_window`` lines was refused (``1``: never).
+    max_refused_ratio: float = s.SINK_MAX_REFUSED_RATIO.default
+    refused_window: int = s.SINK_REFUSED_WINDOW.default
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_rows", "max_batch_bytes", "max_poll_records", "max_partition_fetch_bytes"):
+        for name in ("max_batch_rows", "max_batch_bytes", "max_poll_records", "max_partition_fetch_bytes",
+                     "max_event_bytes", "refused_window"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1")
-        for name in ("max_batch_age_ms", "poll_timeout_ms", "retry_backoff_ms"):
+        for name in ("max_batch_age_ms", "poll_timeout_ms", "retry_backoff_ms", "max_consecutive_refused"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{name} must not be negative")
         if self.retry_backoff_max_ms < self.retry_backoff_ms:
             raise ConfigurationError("retry_backoff_max_ms must be at least retry_backoff_ms")
+        if not 0.0 <= self.max_refused_ratio <= 1.0:
+            raise ConfigurationError("max_refused_ratio must be between 0 and 1")
         if not self.group_id:
             raise ConfigurationError("group_id must not be empty")
 

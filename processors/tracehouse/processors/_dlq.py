@@ -22,12 +22,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tracehouse.schemas import Topics
+from tracehouse.schemas.errors import DeadLetterLimitExceeded
 
 log = logging.getLogger("tracehouse.sink")
 
@@ -60,6 +61,9 @@ class DeadLetter:
     key: bytes | None = None
     #: Original size of a letter that was too large to send whole (``value`` is then its head).
     truncated_from: int | None = None
+    #: Where the letter itself is in the dead-letter topic (set when it was read from there).
+    dlq_partition: int | None = None
+    dlq_offset: int | None = None
 
     @property
     def whole_message(self) -> bool:
@@ -74,6 +78,18 @@ class DeadLetter:
             (HEADER_ORIGIN_LINE, str(self.origin_line).encode()),
             (HEADER_TIME, str(self.time_ms).encode()),
         ]
+
+    @property
+    def origin(self) -> tuple[str, int, int, int]:
+        """``(topic, partition, offset, line)`` of what was refused: the identity of a letter (it may
+        be dead-lettered more than once)."""
+        return (self.origin_topic, self.origin_partition, self.origin_offset, self.origin_line)
+
+    @classmethod
+    def from_record(cls, rec: Any) -> DeadLetter:
+        """A letter from a consumed DLQ record, with its position in the dead-letter topic."""
+        letter = cls.from_headers(rec.value or b"", rec.key, rec.headers)
+        return replace(letter, dlq_partition=rec.partition, dlq_offset=rec.offset)
 
     @classmethod
     def from_headers(cls, value: bytes, key: bytes | None, headers: Iterable[tuple[str, bytes]]) -> DeadLetter:
@@ -145,6 +161,87 @@ class DeadLetterWarnings:
         )  # fmt: skip
         self._lines = self._messages = 0
         self._last_log = self._since = now
+
+
+class RefusalLimit:
+    """Counts refused lines to stop a sink fed a stream it cannot read (a producer writing another
+    format, or a schema version the sink does not know) instead of dead-lettering all of it.
+
+    It trips after ``max_consecutive`` refused lines in a row (``0``: never), or when more than
+    ``max_ratio`` of the last ``window`` lines were refused (checked once ``window`` lines were seen;
+    ``1``: never). Lines are counted in the order they are read, good ones in runs: a run of good lines
+    costs O(1) while the window holds no refusal. Pure bookkeeping: no I/O, no clock.
+    """
+
+    def __init__(self, max_consecutive: int, max_ratio: float, window: int) -> None:
+        self.max_consecutive = max_consecutive
+        self.max_ratio = max_ratio
+        self.window = max(1, window)
+        self._ring = bytearray(self.window)  # 1 = refused, per line, oldest overwritten
+        self._at = 0
+        self._seen = 0
+        self._refused = 0  # refusals inside the window
+        self.consecutive = 0
+        self.last_reason = ""
+
+    @property
+    def refused_in_window(self) -> int:
+        return self._refused
+
+    @property
+    def lines_in_window(self) -> int:
+        return min(self._seen, self.window)
+
+    def good(self, n: int = 1) -> None:
+        """``n`` lines in a row were taken."""
+        if n <= 0:
+            return
+        self.consecutive = 0
+        self._seen += n
+        if self._refused == 0:  # the window holds only zeros: advancing is enough
+            self._at = (self._at + n) % self.window
+            return
+        ring, size, at = self._ring, self.window, self._at
+        for _ in range(min(n, size)):
+            self._refused -= ring[at]
+            ring[at] = 0
+            at = (at + 1) % size
+        self._at = (self._at + n) % size
+
+    def refused(self, reason: str) -> str | None:
+        """One line was refused; returns why the limit tripped, or ``None``."""
+        self.consecutive += 1
+        self.last_reason = reason
+        self._seen += 1
+        at = self._at
+        self._refused += 1 - self._ring[at]
+        self._ring[at] = 1
+        self._at = (at + 1) % self.window
+        if self.max_consecutive > 0 and self.consecutive >= self.max_consecutive:
+            return (
+                f"{self.consecutive} lines in a row were refused "
+                f"(TRACEHOUSE_SINK_MAX_CONSECUTIVE_REFUSED={self.max_consecutive})"
+            )
+        if self.max_ratio < 1.0 and self._seen >= self.window and self._refused > self.max_ratio * self.window:
+            return (
+                f"{self._refused} of the last {self.window} lines were refused, more than "
+                f"{self.max_ratio:.0%} (TRACEHOUSE_SINK_MAX_REFUSED_RATIO={self.max_ratio}, "
+                f"TRACEHOUSE_SINK_REFUSED_WINDOW={self.window})"
+            )
+        return None
+
+
+def limit_exceeded(why: str, letter: DeadLetter, dlq_topic: str, committed: str) -> DeadLetterLimitExceeded:
+    """The error a sink stops with when its :class:`RefusalLimit` trips: what, why, how to proceed."""
+    return DeadLetterLimitExceeded(
+        f"the sink stopped: {why}. Last refused: {letter.origin_topic}[{letter.origin_partition}] offset "
+        f"{letter.origin_offset} line {letter.origin_line}: {letter.reason[:300]}. "
+        f"Nothing past the last commit ({committed}) was committed in this run, so the records it refused "
+        f"since then are read again at the next start; lines dead-lettered in batches committed earlier are "
+        f"in {dlq_topic}. To proceed: look at the refused lines (`tracehouse dlq list`), fix their producer "
+        f"(or the sink's settings) and start the sink again, then `tracehouse dlq replay --policy "
+        f"stop-on-error` what was dead-lettered; if these lines are expected, raise the limit."
+    )
 
 
 class DeadLetterProducer:
@@ -235,7 +332,7 @@ async def read_dlq(
 
     ``topics`` is a :class:`Topics` (its ``.dlq``) or a topic name. Stops at the high watermark of
     every partition, after ``limit`` letters, or after ``timeout_s``. An absent topic reads as empty.
-    From a shell: ``python -m tracehouse.processors dlq --bootstrap HOST:PORT --topic-prefix P``.
+    From a shell: ``tracehouse dlq list --bootstrap HOST:PORT --topic-prefix P``.
     """
     topic = topics.dlq if isinstance(topics, Topics) else topics
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
@@ -255,7 +352,7 @@ async def read_dlq(
             batch = await consumer.getmany(timeout_ms=200)
             for tp in tps:
                 for rec in batch.get(tp, ()):
-                    letters.append(DeadLetter.from_headers(rec.value or b"", rec.key, rec.headers))
+                    letters.append(DeadLetter.from_record(rec))
                     if limit is not None and len(letters) >= limit:
                         return letters
             done = True

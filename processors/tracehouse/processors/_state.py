@@ -23,7 +23,7 @@ from tracehouse.storage import Ledger, Store
 
 from ._batch import BatchLimits, PartitionBatch
 from ._config import SinkConfig
-from ._dlq import DeadLetterProducer, DeadLetterWarnings
+from ._dlq import DeadLetterProducer, DeadLetterWarnings, RefusalLimit
 from ._epoch import epoch_scope
 
 log = logging.getLogger("tracehouse.sink")
@@ -121,6 +121,12 @@ class SinkState:
         """What the ledger, the deduplication tokens and the rollup marks are keyed by: the consumer
         group in this broker epoch (offsets of another epoch name other records)."""
         return epoch_scope(self.config.group_id, self.epoch)
+    #: Refused lines, against the limits of ``config`` (built from it).
+    refusals: RefusalLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.refusals = RefusalLimit(cfg.max_consecutive_refused, cfg.max_refused_ratio, cfg.refused_window)
 
     def set_committed(self, tp: Any, offset: int) -> None:
         key = (tp[0], tp[1])

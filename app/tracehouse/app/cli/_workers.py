@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import gc
 import json
 import logging
@@ -25,6 +26,8 @@ from ._options import setting_option
 
 log = logging.getLogger("tracehouse.sink")
 FINAL_FLUSH_TIMEOUT_S = 30.0
+#: Exit status of a sink stopped by its refusal limit, and of a replay stopped by ``stop-on-error``.
+EXIT_REFUSALS = 3
 
 
 def _logging(level: str, quiet: tuple[str, ...] = ()) -> str:
@@ -50,6 +53,14 @@ def _logging(level: str, quiet: tuple[str, ...] = ()) -> str:
 @click.option("--session-timeout-ms", type=int, default=None, help="Consumer group session timeout.")
 @click.option("--heartbeat-interval-ms", type=int, default=None, help="Consumer group heartbeat interval.")
 @click.option("--drain-timeout", type=float, default=None, help="Seconds a stop may spend flushing.")
+@setting_option(settings.SINK_MAX_EVENT_BYTES, "--max-event-bytes", type=int,
+                help="A longer event line is dead-lettered.")
+@setting_option(settings.SINK_MAX_CONSECUTIVE_REFUSED, "--max-consecutive-refused", type=int,
+                help="Stop after this many refused lines in a row (0: never).")
+@setting_option(settings.SINK_MAX_REFUSED_RATIO, "--max-refused-ratio", type=float,
+                help="Stop when more than this share of the latest lines was refused (1: never).")
+@setting_option(settings.SINK_REFUSED_WINDOW, "--refused-window", type=int,
+                help="How many of the latest lines --max-refused-ratio looks at.")
 @click.option("--migrate", "migrate_first", is_flag=True, help="Apply pending ClickHouse migrations before consuming.")
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
 def sink(bootstrap: str | None, topic_prefix: str | None, store: str | None, group: str | None,
@@ -57,6 +68,8 @@ def sink(bootstrap: str | None, topic_prefix: str | None, store: str | None, gro
     """Run a sink: Kafka → ClickHouse, offsets committed only after the insert that covers them.
 
     Run several in one consumer group to share the partitions. SIGTERM/SIGINT drains and commits.
+    Exits 3, committing nothing more, when too many lines in a row (or of the latest lines) are
+    refused: see docs/dead-letters.md.
     """
     from tracehouse.processors import SinkConfig
 
@@ -71,7 +84,13 @@ def sink(bootstrap: str | None, topic_prefix: str | None, store: str | None, gro
     # allocations) makes the collector rescan them constantly (measured: ~15 % of throughput).
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    asyncio.run(_run_sink(config, migrate_first))
+    from tracehouse.schemas.errors import DeadLetterLimitExceeded
+
+    try:
+        asyncio.run(_run_sink(config, migrate_first))
+    except DeadLetterLimitExceeded as exc:
+        click.echo(f"tracehouse sink: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_REFUSALS) from None
 
 
 async def _run_sink(config: Any, migrate_first: bool) -> None:
@@ -93,30 +112,149 @@ async def _run_sink(config: Any, migrate_first: bool) -> None:
         await asyncio.to_thread(store.close)
 
 
-@click.command()
-@setting_option(settings.KAFKA_BOOTSTRAP, "--bootstrap", help="Kafka bootstrap servers.")
-@setting_option(settings.TOPIC_PREFIX, "--topic-prefix", help="Kafka topic prefix.")
-@click.option("--limit", type=int, default=None, help="Stop after this many letters.")
+def _dead_letter_topic(bootstrap: str | None, topic_prefix: str | None, dlq_topic: str | None) -> tuple[str, str]:
+    from tracehouse.processors import SinkConfig
+
+    config = SinkConfig.resolve(bootstrap=bootstrap, topic_prefix=topic_prefix)
+    return config.bootstrap, dlq_topic or config.dead_letter_topic
+
+
+def _dlq_options(command: Any) -> Any:
+    for option in reversed((
+        setting_option(settings.KAFKA_BOOTSTRAP, "--bootstrap", help="Kafka bootstrap servers."),
+        setting_option(settings.TOPIC_PREFIX, "--topic-prefix", help="Kafka topic prefix."),
+        click.option("--dlq-topic", default=None, help="Dead-letter topic (default <prefix>dlq.v1)."),
+        click.option("--group", default=None, help="Consumer group whose committed offsets mark letters as handled "
+                                                   "[default tracehouse-dlq-replay]."),
+        click.option("--log-level", default="WARNING", show_default=True, help="Logging level."),
+    )):  # fmt: skip
+        command = option(command)
+    return command
+
+
+@click.group()
+def dlq() -> None:
+    """The dead-letter topic: list refused lines with their reasons and origins, replay or drop them."""
+
+
+@dlq.command("list")
+@_dlq_options
+@click.option("--reason", default=None, help="Only letters whose reason contains this text (any case).")
+@click.option("--origin-topic", default=None, help="Only letters refused from this topic.")
+@click.option("--pending", is_flag=True, help="Only letters the replay group has not handled yet.")
+@click.option("--limit", type=int, default=None, help="Show at most this many letters (after the filters).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (value, reason, origin...).")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Stop reading after this long.")
-@click.option("--log-level", default="WARNING", show_default=True, help="Logging level.")
-def dlq(bootstrap: str | None, topic_prefix: str | None, limit: int | None, timeout: float, log_level: str) -> None:
-    """Print the dead-letter topic as JSON lines: each refused line or message with its reason and origin."""
-    from tracehouse.processors import SinkConfig, read_dlq
+def dlq_list(bootstrap: str | None, topic_prefix: str | None, dlq_topic: str | None, group: str | None,
+             log_level: str, reason: str | None, origin_topic: str | None, pending: bool, limit: int | None,
+             as_json: bool, timeout: float) -> None:  # fmt: skip
+    """Show the dead letters: where each refused line came from, why, and whether it was handled."""
+    from tracehouse.processors import DEFAULT_REPLAY_GROUP, handled_offsets, read_dlq
 
     _logging(log_level)
-    config = SinkConfig.resolve(bootstrap=bootstrap, topic_prefix=topic_prefix)
-    letters = asyncio.run(read_dlq(config.bootstrap, config.dead_letter_topic, limit=limit, timeout_s=timeout))
+    bootstrap, topic = _dead_letter_topic(bootstrap, topic_prefix, dlq_topic)
+
+    async def read() -> tuple[list[Any], dict[int, int]]:
+        letters = await read_dlq(bootstrap, topic, timeout_s=timeout)
+        return letters, await handled_offsets(bootstrap, topic, group or DEFAULT_REPLAY_GROUP)
+
+    letters, handled = asyncio.run(read())
+    rows = []
     for letter in letters:
-        try:
-            value: str = letter.value.decode("utf-8")
-            encoding = "utf-8"
-        except UnicodeDecodeError:
-            value, encoding = base64.b64encode(letter.value).decode(), "base64"
-        origin = {"topic": letter.origin_topic, "partition": letter.origin_partition,
-                  "offset": letter.origin_offset, "line": letter.origin_line}  # fmt: skip
-        sys.stdout.write(json.dumps({"reason": letter.reason, "origin": origin, "time_ms": letter.time_ms,
-                                     "truncated_from": letter.truncated_from, "encoding": encoding,
-                                     "value": value}) + "\n")  # fmt: skip
+        done = letter.dlq_offset is not None and letter.dlq_offset < handled.get(letter.dlq_partition, 0)
+        if reason is not None and reason.lower() not in letter.reason.lower():
+            continue
+        if origin_topic is not None and letter.origin_topic != origin_topic:
+            continue
+        if pending and done:
+            continue
+        rows.append((letter, done))
+        if limit is not None and len(rows) >= limit:
+            break
+    if as_json:
+        for letter, done in rows:
+            sys.stdout.write(json.dumps(_letter_json(letter, done)) + "\n")
+        return
+    from ._format import render
+
+    render([_letter_row(letter, done) for letter, done in rows], "table",
+           title=f"{topic}: {len(rows)} of {len(letters)} dead letters")  # fmt: skip
+
+
+def _letter_json(letter: Any, handled: bool) -> dict[str, Any]:
+    """A letter as one JSON object (the value as text, or base64 when it is not UTF-8)."""
+    try:
+        value: str = letter.value.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        value, encoding = base64.b64encode(letter.value).decode(), "base64"
+    origin = {"topic": letter.origin_topic, "partition": letter.origin_partition,
+              "offset": letter.origin_offset, "line": letter.origin_line}  # fmt: skip
+    return {"reason": letter.reason, "origin": origin, "time_ms": letter.time_ms,
+            "truncated_from": letter.truncated_from, "encoding": encoding, "value": value,
+            "dlq": {"partition": letter.dlq_partition, "offset": letter.dlq_offset}, "handled": handled}  # fmt: skip
+
+
+def _letter_row(letter: Any, handled: bool) -> dict[str, Any]:
+    when = datetime.datetime.fromtimestamp(letter.time_ms / 1000, datetime.UTC) if letter.time_ms >= 0 else None
+    line = "whole message" if letter.whole_message else f"line {letter.origin_line}"
+    size = f"{letter.truncated_from} B (truncated)" if letter.truncated_from is not None else f"{len(letter.value)} B"
+    return {
+        "dlq": f"{letter.dlq_partition}:{letter.dlq_offset}",
+        "status": "handled" if handled else "pending",
+        "dead-lettered": when.strftime("%Y-%m-%d %H:%M:%S") if when else "",
+        "origin": f"{letter.origin_topic}[{letter.origin_partition}] @{letter.origin_offset}, {line}",
+        "size": size,
+        "reason": letter.reason if len(letter.reason) <= 200 else letter.reason[:197] + "...",
+    }
+
+
+@dlq.command("replay")
+@_dlq_options
+@click.option("--policy", type=click.Choice(["reinsert", "drop", "stop-on-error"]), required=True,
+              help="reinsert: republish each letter's line to its origin topic; drop: mark letters handled "
+                   "without republishing; stop-on-error: reinsert, but stop at the first letter the sink "
+                   "would refuse again.")  # fmt: skip
+@click.option("--max", "max_letters", type=int, default=None, help="Handle at most this many letters.")
+@setting_option(settings.SINK_MAX_EVENT_BYTES, "--max-event-bytes", type=int,
+                help="The sink's event size limit, which stop-on-error validates with.")  # fmt: skip
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Stop when nothing was read for this long.")  # fmt: skip
+def dlq_replay(bootstrap: str | None, topic_prefix: str | None, dlq_topic: str | None, group: str | None,
+               log_level: str, policy: str, max_letters: int | None, max_event_bytes: int | None,
+               timeout: float) -> None:  # fmt: skip
+    """Replay the dead letters not handled yet, in order, and mark them handled.
+
+    Handled means the replay group committed past them, only after what was republished was
+    acknowledged: running it twice replays nothing twice. Exits 3 when stop-on-error stopped.
+    """
+    from tracehouse.processors import DEFAULT_REPLAY_GROUP, replay_dead_letters
+    from tracehouse.schemas.kafka import producer_compression
+
+    _logging(log_level)
+    bootstrap, topic = _dead_letter_topic(bootstrap, topic_prefix, dlq_topic)
+    report = asyncio.run(replay_dead_letters(
+        bootstrap, topic, policy, max_letters=max_letters, group=group or DEFAULT_REPLAY_GROUP,
+        max_event_bytes=settings.SINK_MAX_EVENT_BYTES.read(max_event_bytes),
+        compression=producer_compression(settings.KAFKA_COMPRESSION.read()), idle_timeout_s=timeout,
+    ))  # fmt: skip
+    click.echo(
+        f"{topic}: read {report.read} letters: {report.reinserted} reinserted, {report.dropped} dropped, "
+        f"{report.duplicates} duplicates of letters already handled in this run, "
+        f"{len(report.unreplayable)} not replayable; {report.remaining} left"
+    )
+    for letter, why in report.unreplayable:
+        click.echo(f"  skipped {_where(letter)}: {why}")
+    if report.stopped_at is not None:
+        click.echo(f"stopped at {_where(report.stopped_at)}: {report.stop_reason}", err=True)
+        click.echo("  fix its cause and replay again, or skip it with --policy drop --max 1", err=True)
+        raise click.exceptions.Exit(EXIT_REFUSALS)
+
+
+def _where(letter: Any) -> str:
+    line = "whole message" if letter.whole_message else f"line {letter.origin_line}"
+    return (f"dead letter {letter.dlq_partition}:{letter.dlq_offset} "
+            f"(from {letter.origin_topic}[{letter.origin_partition}] @{letter.origin_offset}, {line})")  # fmt: skip
 
 
 @click.command()
@@ -200,7 +338,11 @@ processors.add_command(dlq)
 def run_command(command: click.Command, argv: Sequence[str] | None, prog_name: str) -> int:
     """Run a click command as a program and return its exit code (instead of exiting)."""
     try:
-        command.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
+        # Not standalone, click returns the code of a ``click.exceptions.Exit`` instead of raising it.
+        result = command.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
+                              standalone_mode=False)  # fmt: skip
+        if isinstance(result, int):
+            return result
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

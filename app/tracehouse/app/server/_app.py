@@ -19,10 +19,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from tracehouse.gateway import Gateway
+from tracehouse.schemas import settings as s
 from tracehouse.storage import Store
 
 from ._auth import AuthConfig, AuthMiddleware
-from ._http import error_response, json_response
+from ._http import BodyLimit, error_response, json_response
 from ._mlflow_routes import mlflow_read_routes
 from ._read_routes import read_routes
 from ._write_routes import write_routes
@@ -34,10 +35,12 @@ def create_app(
     gateway: Gateway | None = None,
     auth: AuthConfig | None = None,
     manage_gateway: bool = True,
+    max_body_bytes: int | None = None,
 ) -> Any:
     """Build the ASGI app serving ``store``; with ``gateway`` it also accepts writes (started and
     stopped by the app's lifespan unless ``manage_gateway`` is false); with ``auth`` it requires
-    the configured token."""
+    the configured token. A request body over ``max_body_bytes`` (default ``TRACEHOUSE_MAX_REQUEST_BYTES``)
+    is answered 413."""
 
     async def fresh() -> None:
         """Read-your-writes: wait (boundedly) for the sink to store what this server acknowledged."""
@@ -53,6 +56,14 @@ def create_app(
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "ENDPOINT_NOT_FOUND", f"no route for {request.method} {request.url.path}")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
+        response = error_response(405, "BAD_REQUEST", f"{request.method} is not allowed on {request.url.path}"
+                                  + (f" (allowed: {allowed})" if allowed else ""))  # fmt: skip
+        if allowed:
+            response.headers["Allow"] = allowed
+        return response
 
     mlflow_routes, trace_info = mlflow_read_routes(store, fresh)
     routes = [Route("/", index), Route("/health", health), *read_routes(store, fresh), *mlflow_routes]
@@ -71,7 +82,8 @@ def create_app(
         finally:
             await gateway.stop()
 
-    app = Starlette(routes=routes, exception_handlers={404: not_found}, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed}, lifespan=lifespan)
+    limited = BodyLimit(app, s.MAX_REQUEST_BYTES.read(max_body_bytes))
     if auth is not None and auth.enabled:
-        return AuthMiddleware(app, auth)
-    return app
+        return AuthMiddleware(limited, auth)
+    return limited
