@@ -278,3 +278,49 @@ def test_evicted_sessions_reload_exactly_when_they_reopen(tmp_path: Path) -> Non
         assert_exact(store, PARTITIONS)
     finally:
         store.close()
+
+
+def test_broker_at_its_memory_limit_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
+    """`up` with a small broker memory limit: past it, the broker is replaced by a new generation after
+    a drain; sessions continue across it, status reports it, and everything sent is stored once."""
+    import httpx
+
+    up = Up(tmp_path / "data", extra=("--broker-memory-limit-mb", "24"))
+    talk = Conversations(sessions=200, users=40, seed=3)
+    base = int(time.time() * 1000) - 3 * 60 * MIN
+    sent: set[str] = set()
+
+    def status() -> dict[str, object]:
+        body: dict[str, object] = httpx.get(up.url + "/api/tracehouse/v1/status", timeout=60).json()
+        return body
+
+    def generations() -> int:
+        broker = status()["broker"]
+        assert isinstance(broker, dict)
+        return int(broker["rollovers"])
+
+    up.start()
+    try:
+        for r in range(12):
+            events = talk.round(base + r * MIN, turns=(20, 30))
+            publish(up.bootstrap, events)
+            sent.update(e.trace_id for e in events)
+            wait_for(lambda: sent <= up.stored_ids(), 120, f"round {r} stored")
+            broker = status()["broker"]
+            assert isinstance(broker, dict)
+            if broker["rss_mib"] is not None and broker["rss_mib"] >= 24:
+                wait_for(lambda: generations() >= 1, 60, "a new broker generation")
+                break
+        assert generations() >= 1, up.log()
+        after = talk.round(base + 20 * MIN, turns=(2, 3))  # to the new generation, same sessions
+        publish(up.bootstrap, after)
+        sent.update(e.trace_id for e in after)
+        wait_for(lambda: sent <= up.stored_ids(), 120, "the round after the new generation stored")
+        final = status()
+        assert final["healthy"], final
+    finally:
+        up.stop()
+    assert "starting a new broker generation" in up.log()
+    with Store(f"chdb://{tmp_path / 'data' / 'chdb'}") as store:
+        assert set(stored_traces(store)) == sent
+        assert_exact(store, PARTITIONS)

@@ -28,6 +28,7 @@ from .errors import ConfigurationError
 __all__ = [
     "AUTH_TOKEN",
     "AUTH_USERNAME",
+    "BROKER_MEMORY_LIMIT_MB",
     "BUFFER_SIZE",
     "COMPRESSION_CODECS",
     "ENABLED",
@@ -300,6 +301,13 @@ SUMMARY_RETENTION_DAYS: Final = _declare(
     "TRACEHOUSE_SUMMARY_RETENTION_DAYS", 0,
     "Days ClickHouse keeps session records (after their last turn) and per-user daily rollups (0: forever; "
     "at least the raw retention).", _count, "up", "migrate",
+)  # fmt: skip
+BROKER_MEMORY_LIMIT_MB: Final = _declare(
+    "TRACEHOUSE_BROKER_MEMORY_LIMIT_MB", 1024.0,
+    "Resident memory of `tracehouse up`'s embedded broker (which keeps every byte in memory) at which `up` "
+    "starts a new broker generation: writes pause for seconds (503 with Retry-After), everything is drained "
+    "into the store, an empty broker replaces it. A warning is logged at 80 %.",
+    _number(float, "a number of MiB"), "up",
 )  # fmt: skip
 SERVER_URI: Final = _declare(
     "TRACEHOUSE_URI", "http://127.0.0.1:5000",

@@ -2,7 +2,7 @@
 
 The query commands (``search``, ``trace``, ``users``, ``user``, ``sessions``, ``session``) are derived
 from the read operations of :mod:`tracehouse.query`, one per operation; the others run the pipeline
-(``up``, ``serve``, ``demo``, ``migrate``, ``topics``) and its processes (``sink``, ``sessionizer``,
+(``up``, ``serve``, ``demo``, ``migrate``, ``topics``, ``status``) and its processes (``sink``, ``sessionizer``,
 ``dlq``).
 """
 
@@ -12,6 +12,7 @@ import click
 
 from ._pipeline import demo, migrate, serve, topics, up
 from ._reads import read_commands
+from ._status import status
 from ._workers import dlq, processors_main, sessionizer, sessionizer_main, sink
 
 __all__ = ["main", "processors_main", "sessionizer_main"]
@@ -37,5 +38,5 @@ def main() -> None:
     """
 
 
-for _command in (up, serve, demo, migrate, topics, sink, sessionizer, dlq, *read_commands().values()):
+for _command in (up, serve, demo, migrate, topics, status, sink, sessionizer, dlq, *read_commands().values()):
     main.add_command(_command)

@@ -37,9 +37,12 @@ DEFAULT_DATA_DIR = "./.tracehouse"
                 help="Keep raw traces, spans, tags and assessments this many days (0: forever).")
 @setting_option(settings.SUMMARY_RETENTION_DAYS, "--summary-retention-days", type=int,
                 help="Keep session records and per-user rollups this many days (0: forever).")
+@setting_option(settings.BROKER_MEMORY_LIMIT_MB, "--broker-memory-limit-mb", type=float,
+                help="Start a new embedded broker generation when it holds this much memory.")
 def up(port: int, host: str, kafka_port: int, data_dir: str, partitions: int, topic_prefix: str | None,
        demo: bool, inactivity_gap_ms: int, max_duration_ms: int | None, infer_sessions: bool,
-       auth_token: str | None, retention_days: int | None, summary_retention_days: int | None) -> None:  # fmt: skip
+       auth_token: str | None, retention_days: int | None, summary_retention_days: int | None,
+       broker_memory_limit_mb: float | None) -> None:  # fmt: skip
     """Run the whole pipeline on the embedded defaults.
 
     Starts the Tansu Kafka broker, the processors and sink, a chDB store under --data-dir, and the
@@ -60,7 +63,8 @@ def up(port: int, host: str, kafka_port: int, data_dir: str, partitions: int, to
                      partitions=partitions, topic_prefix=topic_prefix, demo=demo,
                      inactivity_gap_ms=inactivity_gap_ms, max_duration_ms=max_duration_ms,
                      infer_sessions=infer_sessions, auth_token=auth_token,
-                     retention_days=retention_days, summary_retention_days=summary_retention_days)  # fmt: skip
+                     retention_days=retention_days, summary_retention_days=summary_retention_days,
+                     broker_memory_limit_mb=settings.BROKER_MEMORY_LIMIT_MB.read(broker_memory_limit_mb))  # fmt: skip
     try:
         run_up(opts)
     except (OSError, RuntimeError) as exc:

@@ -5,7 +5,8 @@ API, MLflow's tracking API and OTLP/HTTP, whose writes go to the broker through 
 and the HTTP server share one store handle, because chDB allows one process per data path.
 
 On Ctrl-C (or SIGTERM) it stops the demo, waits until the sink has written everything the broker
-holds, commits, and only then stops the broker, whose data lives in memory.
+holds, commits, and only then stops the broker, whose data lives in memory. While it runs it watches
+the broker's memory and, at the limit, starts a new broker generation (``embedded._memory``).
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    from tracehouse.processors import Sink
-
 log = logging.getLogger("tracehouse.up")
+#: How often the broker's memory is sampled.
+WATCH_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +45,7 @@ class UpOptions:
     auth_token: str | None = None
     retention_days: int = 30
     summary_retention_days: int = 0
+    broker_memory_limit_mb: float = 1024.0
 
 
 def run_up(opts: UpOptions) -> None:
@@ -60,9 +60,13 @@ async def _up(opts: UpOptions) -> None:
 
     from tracehouse.app.embedded import TansuBroker, ensure_topics
     from tracehouse.app.server import AuthConfig, create_app
-    from tracehouse.processors import Sink, SinkConfig
+    from tracehouse.app.status import BrokerProbe, KafkaTarget, collect
+    from tracehouse.gateway import Gateway, GatewayConfig, sink_waiter
     from tracehouse.schemas import DEFAULT_TOPIC_PREFIX, Topics
-    from tracehouse.storage import Retention, StateTable, Store, migrate, set_retention
+    from tracehouse.storage import Retention, Store, migrate, set_retention
+
+    from ..embedded._memory import BrokerMemory
+    from ..embedded._processors import EmbeddedProcessors, ProcessorOptions
 
     data_dir = opts.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +77,10 @@ async def _up(opts: UpOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    broker = TansuBroker(port=opts.kafka_port, host="127.0.0.1", log_path=data_dir / "tansu.log").start()
+    def new_broker() -> TansuBroker:
+        return TansuBroker(port=opts.kafka_port, host="127.0.0.1", log_path=data_dir / "tansu.log").start()
+
+    broker = new_broker()
     store: Store | None = None
     try:
         await ensure_topics(broker.bootstrap, topics, opts.partitions)
@@ -81,41 +88,32 @@ async def _up(opts: UpOptions) -> None:
         store = Store(store_uri)
         migrate(store)
         set_retention(store, Retention(opts.retention_days, opts.summary_retention_days))
-        # The in-memory broker starts every run at offset 0 while the store persists: each run is a new
-        # broker epoch, by which the sink keys its ledger and tokens (and after an unclean stop it first
-        # reconciles sessions and rollups with the stored traces).
-        config = SinkConfig.resolve(
-            bootstrap=broker.bootstrap, topic_prefix=prefix, store_uri=store_uri,
-            inactivity_gap_ms=opts.inactivity_gap_ms, max_duration_ms=opts.max_duration_ms,
-        )  # fmt: skip
-        group = config.group_id
-        sink = Sink(config, store)
-        sink_task = asyncio.create_task(sink.run(), name="tracehouse-sink")
-
-        from tracehouse.processors.sessions import SessionizerConfig, run_sessionizer
-
-        sessions_stop = asyncio.Event()
-        sessionizer_config = SessionizerConfig.resolve(
-            bootstrap=broker.bootstrap, topic_prefix=prefix, partitions=opts.partitions,
-            rollup_partitions=opts.partitions, inactivity_gap_ms=opts.inactivity_gap_ms,
+        # The in-memory broker starts every run (and every generation) at offset 0 while the store
+        # persists: each is a new broker epoch, by which the sink keys its ledger and tokens (after an
+        # unclean stop it first reconciles sessions and rollups with the stored traces).
+        options = ProcessorOptions(
+            partitions=opts.partitions, inactivity_gap_ms=opts.inactivity_gap_ms,
             max_duration_ms=opts.max_duration_ms, infer_sessions=opts.infer_sessions,
             datadir=str(data_dir / "sessionizer"),
         )  # fmt: skip
-        # It shares the store: it continues the sessions a previous run left open, and reloads the ones it
-        # evicted when they get a late turn.
-        sessions_task = asyncio.create_task(
-            run_sessionizer(sessionizer_config, sessions_stop, store=store), name="tracehouse-sessionizer"
-        )
+        processors = EmbeddedProcessors(broker.bootstrap, topics, store, options)
+        await processors.start()
+        memory = BrokerMemory(pid=lambda: broker.pid, limit_mib=opts.broker_memory_limit_mb)
 
-        from tracehouse.gateway import Gateway, GatewayConfig, sink_waiter
-
-        # MLflow clients and OTLP exporters write through the gateway; reads wait on this very sink.
+        # MLflow clients and OTLP exporters write through the gateway; reads wait on this process's sink.
         gateway = Gateway(
-            GatewayConfig.resolve(bootstrap=broker.bootstrap, topic_prefix=prefix, sink_group=group),
-            commit_waiter=sink_waiter(sink.wait_committed),
+            GatewayConfig.resolve(bootstrap=broker.bootstrap, topic_prefix=prefix, sink_group=processors.group),
+            commit_waiter=sink_waiter(processors.wait_committed),
         )
         await gateway.start()
-        app = create_app(store, gateway=gateway, auth=AuthConfig.resolve(token=opts.auth_token), manage_gateway=False)
+        kafka = KafkaTarget(broker.bootstrap, topics, processors.group, processors.sessionizer_group)
+        probe = BrokerProbe(memory.sample)
+
+        async def status() -> Any:
+            return await collect(store, kafka, probe)
+
+        app = create_app(store, gateway=gateway, auth=AuthConfig.resolve(token=opts.auth_token),
+                         manage_gateway=False, status=status)  # fmt: skip
         server = uvicorn.Server(
             uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", lifespan="off")
         )
@@ -135,14 +133,37 @@ async def _up(opts: UpOptions) -> None:
             f"  sessions topic    {topics.sessions} (session records, sunk into the sessions table)\n"
             f"  store             {store_uri}\n"
             f"  retention         {retention_text(opts.retention_days, opts.summary_retention_days)}\n"
+            f"  broker memory     new generation at {opts.broker_memory_limit_mb:.0f} MiB (writes pause briefly)\n"
             f"  UI and API        {url}   (export TRACEHOUSE_URI={url})\n"
             f"  MLflow clients    export MLFLOW_TRACKING_URI={url}\n"
             f"  OTLP/HTTP         {url}/v1/traces\n"
+            f"  health            tracehouse status --uri {url}\n"
             f"Press Ctrl-C to drain and stop.",
         )
         demo_thread = _start_demo(broker.bootstrap, prefix) if opts.demo else None
 
-        await _wait_first(stop, sink_task, server_task, sessions_task)
+        async def new_generation() -> None:
+            """The memory policy (``embedded._memory``): drain, replace the broker, start again."""
+            nonlocal broker, processors
+            log.warning("the embedded broker holds %.0f MiB (limit %.0f MiB): starting a new broker generation",
+                        memory.rss or 0, memory.limit_mib)  # fmt: skip
+            gateway.pause("the embedded broker is being replaced (memory limit)", retry_after_s=5)
+            drained, _ = await processors.stop(opts.drain_timeout)
+            if not drained:
+                log.error("the drain before the new generation timed out; what was not stored is reconciled")
+            broker.stop()
+            broker = new_broker()
+            await ensure_topics(broker.bootstrap, topics, opts.partitions)
+            processors = EmbeddedProcessors(broker.bootstrap, topics, store, options)
+            await processors.start()
+            await gateway.resume(new_broker=True)
+            memory.rolled_over()
+            log.warning("broker generation %d is up; writes resumed", memory.rollovers + 1)
+
+        while not stop.is_set():
+            await _wait_first(stop, server_task, *processors.tasks, timeout_s=WATCH_INTERVAL_S)
+            if not stop.is_set() and await asyncio.to_thread(memory.check) == "limit":
+                await new_generation()
         click.echo("draining in-flight events into ClickHouse… (Ctrl-C again stops now, losing what is not drained)")
 
         def stop_now() -> None:
@@ -157,19 +178,10 @@ async def _up(opts: UpOptions) -> None:
         server.should_exit = True
         await server_task
         await gateway.stop()
-        drained = await _drain(sink, opts.drain_timeout)
-        # The sessionizer's final flush emits the last session records; the sink then writes them.
-        sessions_stop.set()
-        await asyncio.wait_for(sessions_task, opts.drain_timeout)
-        drained = await _drain(sink, opts.drain_timeout) and drained
-        await sink.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sink_task
-        if drained:  # sessions and rollups now equal the stored traces: the next start need not reconcile
-            StateTable(store).mark_consistent()
-        stats = sink.stats()
+        drained, stats = await processors.stop(opts.drain_timeout)
+        events = (stats.events_written, stats.events_rejected) if stats else (0, 0)
         click.echo(
-            f"stopped: {stats.events_written} events written, {stats.events_rejected} dead-lettered"
+            f"stopped: {events[0]} events written, {events[1]} dead-lettered"
             + ("" if drained else " (drain timed out: some events may not have been written)")
         )
     finally:
@@ -194,32 +206,14 @@ def _no_signals() -> Iterator[None]:
     yield
 
 
-async def _wait_first(stop: asyncio.Event, *tasks: asyncio.Task[object]) -> None:
+async def _wait_first(stop: asyncio.Event, *tasks: asyncio.Task[Any], timeout_s: float | None = None) -> None:
+    """Until ``stop`` is set, a task ends (raising its error) or ``timeout_s`` passes."""
     waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([waiter, *tasks], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     for task in done:
         if task is not waiter and task.exception() is not None:
             raise RuntimeError(f"{task.get_name()} failed: {task.exception()}")
-
-
-async def _drain(sink: Sink, limit_s: float) -> bool:
-    """Wait until the sink has committed everything the broker holds.
-
-    The SDK is flushed first (its events are acknowledged), then the sink must report itself caught up
-    on a fetch made after that: its fetches long-poll for at most 0.5 s, so a check passing a second
-    after the flush covers every acknowledged event.
-    """
-    import tracehouse.producers as sdk
-
-    await asyncio.to_thread(sdk.flush, 10.0)
-    flushed = time.monotonic()
-    deadline = flushed + limit_s
-    while time.monotonic() < deadline:
-        if time.monotonic() - flushed > 1.0 and sink.caught_up():
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 def _start_demo(bootstrap: str, prefix: str) -> threading.Thread:

@@ -3,5 +3,6 @@ ClickHouse store and (for writes) an ingest gateway."""
 
 from ._app import create_app
 from ._auth import AuthConfig, AuthMiddleware
+from ._status_route import STATUS_PATH
 
-__all__ = ["AuthConfig", "AuthMiddleware", "create_app"]
+__all__ = ["STATUS_PATH", "AuthConfig", "AuthMiddleware", "create_app"]

@@ -9,7 +9,7 @@ every write this server acknowledged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -18,7 +18,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from tracehouse.app.status import KafkaTarget, Status, collect
 from tracehouse.gateway import Gateway
+from tracehouse.processors.sessions import DEFAULT_SESSIONIZER_ID
 from tracehouse.schemas import settings as s
 from tracehouse.storage import Store
 
@@ -26,6 +28,7 @@ from ._auth import AuthConfig, AuthMiddleware
 from ._http import BodyLimit, error_response, json_response
 from ._mlflow_routes import mlflow_read_routes
 from ._read_routes import read_routes
+from ._status_route import status_route
 from ._write_routes import write_routes
 
 
@@ -36,11 +39,13 @@ def create_app(
     auth: AuthConfig | None = None,
     manage_gateway: bool = True,
     max_body_bytes: int | None = None,
+    status: Callable[[], Awaitable[Status]] | None = None,
 ) -> Any:
     """Build the ASGI app serving ``store``; with ``gateway`` it also accepts writes (started and
     stopped by the app's lifespan unless ``manage_gateway`` is false); with ``auth`` it requires
     the configured token. A request body over ``max_body_bytes`` (default ``TRACEHOUSE_MAX_REQUEST_BYTES``)
-    is answered 413."""
+    is answered 413. ``status`` gathers what ``/api/tracehouse/v1/status`` shows (default: the store,
+    and with a gateway its Kafka, for the default consumer groups)."""
 
     async def fresh() -> None:
         """Read-your-writes: wait (boundedly) for the sink to store what this server acknowledged."""
@@ -65,8 +70,18 @@ def create_app(
             response.headers["Allow"] = allowed
         return response
 
+    if status is None:
+        kafka = None
+        if gateway is not None:
+            kafka = KafkaTarget(gateway.config.bootstrap, gateway.topics, gateway.config.sink_group,
+                                DEFAULT_SESSIONIZER_ID)  # fmt: skip
+
+        async def status() -> Status:
+            return await collect(store, kafka)
+
     mlflow_routes, trace_info = mlflow_read_routes(store, fresh)
-    routes = [Route("/", index), Route("/health", health), *read_routes(store, fresh), *mlflow_routes]
+    routes = [Route("/", index), Route("/health", health), status_route(status), *read_routes(store, fresh),
+              *mlflow_routes]  # fmt: skip
     if gateway is not None:
         routes += write_routes(gateway)
     routes.append(trace_info)  # last: its {trace_id:path} would swallow the more specific routes

@@ -1,9 +1,9 @@
 """Gather a :class:`Status`: Kafka (lag, dead letters), the store (size, freshness, SDK reports) and the
 embedded broker (memory), each check graded on its own, so one unreachable part never hides the others.
 
-Lag is the broker's end offset minus the group's committed offset, per partition. (Tansu answers an
-end offset as the base offset of a partition's last batch plus one, so on the embedded broker a lag may
-read a few records low; it is never negative.)
+Lag is the partition's end offset minus the group's committed offset. Tansu answers a ListOffsets for
+the end as the base offset of the partition's last batch plus one, which undercounts a batch of many
+records, so the end is read where it is exact: one past the last record of the last batch, fetched.
 """
 
 from __future__ import annotations
@@ -40,17 +40,34 @@ class BrokerProbe:
     sample: Callable[[], dict[str, Any]] = field(default=dict)
 
 
-async def _group_lag(admin: Any, consumer: Any, role: str, group: str, topics: list[str]) -> GroupLag:
-    from aiokafka import TopicPartition
+async def _ends(consumer: Any, tps: list[Any]) -> dict[Any, int]:
+    """Exact end offsets: the last batch of each partition is fetched, its last record + 1 is the end."""
+    reported = await consumer.end_offsets(tps) if tps else {}
+    ends = {tp: int(end) for tp, end in reported.items()}
+    pending = {tp for tp, end in ends.items() if end > 0}
+    if not pending:
+        return ends
+    consumer.assign(sorted(pending))
+    for tp in pending:
+        consumer.seek(tp, ends[tp] - 1)
+    deadline = asyncio.get_running_loop().time() + _TIMEOUT_S
+    while pending and asyncio.get_running_loop().time() < deadline:
+        batch = await consumer.getmany(*pending, timeout_ms=500)
+        for tp, records in batch.items():
+            if records:
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+                pending.discard(tp)
+    return ends
 
-    committed = await admin.list_consumer_group_offsets(group)
-    tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-    ends = await consumer.end_offsets(tps) if tps else {}
+
+async def _group_lag(admin: Any, role: str, group: str, tps: list[Any], ends: dict[Any, int]) -> GroupLag:
+    # Named partitions: Tansu cannot answer an OffsetFetch for all of a group's topics.
+    committed = await admin.list_consumer_group_offsets(group, partitions=tps) if tps else {}
     parts = []
     for tp in tps:
         meta = committed.get(tp)
         offset = meta.offset if meta is not None and meta.offset >= 0 else None
-        end = int(ends.get(tp, 0))
+        end = ends.get(tp, 0)
         parts.append(PartitionLag(tp.topic, tp.partition, offset, end, max(0, end - (offset or 0))))
     return GroupLag(role, group, parts)
 
@@ -66,11 +83,14 @@ async def _kafka(status: Status, target: KafkaTarget, thresholds: Thresholds) ->
         await asyncio.wait_for(asyncio.gather(admin.start(), consumer.start()), _TIMEOUT_S)
         await consumer.topics()
         t = target.topics
+        partitions = {name: [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+                      for name in (t.traces, t.sessions, t.user_rollups, t.dlq)}  # fmt: skip
+        ends = await _ends(consumer, [tp for tps in partitions.values() for tp in tps])
         groups = [("sink", target.sink_group, [t.traces, t.sessions, t.user_rollups])]
         if target.sessionizer_group:
             groups.append(("sessionizer", target.sessionizer_group, [t.traces]))
         for role, group, topics in groups:
-            lag = await _group_lag(admin, consumer, role, group, topics)
+            lag = await _group_lag(admin, role, group, [tp for name in topics for tp in partitions[name]], ends)
             status.lag.append(lag)
             worst = max((p.lag for p in lag.partitions), default=0)
             level: Level = "ok"
@@ -79,9 +99,7 @@ async def _kafka(status: Status, target: KafkaTarget, thresholds: Thresholds) ->
             elif lag.lag > thresholds.max_lag // 2:
                 level = "warn"
             status.add(f"{role} lag", level, f"{lag.lag} records behind (worst partition {worst})")
-        dlq = [TopicPartition(t.dlq, p) for p in sorted(consumer.partitions_for_topic(t.dlq) or ())]
-        status.dead_letters = sum((await consumer.end_offsets(dlq)).values()) if dlq else 0
-        letters = status.dead_letters
+        letters = status.dead_letters = sum(ends.get(tp, 0) for tp in partitions[t.dlq])
         status.add("dead letters", "warn" if letters else "ok",
                    f"{letters} refused lines or messages (tracehouse dlq list)" if letters else "none")  # fmt: skip
     except Exception as exc:
@@ -122,9 +140,9 @@ def _store(status: Status, store: Store) -> None:
 def _sdk(status: Status, store: Store) -> None:
     try:
         row = store.query(
-            "SELECT count(), sum(accepted), sum(published), sum(dropped), sum(failed), max(time_ms) FROM "
+            "SELECT count(), sum(accepted), sum(published), sum(dropped), sum(failed), max(last) FROM "
             "(SELECT process_id, argMax(accepted, time_ms) AS accepted, argMax(published, time_ms) AS published, "
-            "argMax(dropped, time_ms) AS dropped, argMax(failed, time_ms) AS failed, max(time_ms) AS time_ms "
+            "argMax(dropped, time_ms) AS dropped, argMax(failed, time_ms) AS failed, max(time_ms) AS last "
             "FROM sdk_heartbeats WHERE time_ms > toUnixTimestamp64Milli(now64(3)) - 86400000 GROUP BY process_id)"
         )[0]
     except Exception as exc:

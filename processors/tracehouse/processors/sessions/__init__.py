@@ -4,7 +4,7 @@ The stream processors fold traces into these states and ship their records; prop
 them equal to a brute-force computation under duplicates, reordering, late turns and merges.
 """
 
-from ._config import SessionizerConfig
+from ._config import DEFAULT_SESSIONIZER_ID, SessionizerConfig
 from ._facts import TraceFacts, facts_from_line
 from ._fold import SessionizerStats
 from ._rollup import DAY_MS, RollupBucket, day_of, quantile
@@ -22,6 +22,7 @@ from ._worker import Sessionizer, create_sessionizer, run_sessionizer
 
 __all__ = [
     "DAY_MS",
+    "DEFAULT_SESSIONIZER_ID",
     "RollupBucket",
     "SessionConfig",
     "SessionState",

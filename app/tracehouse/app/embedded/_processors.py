@@ -1,0 +1,119 @@
+"""The processors of ``tracehouse up``: one sink and one sessionizer over the embedded broker and the
+shared store, started together and drained together.
+
+A drain stores everything the broker holds, in this order: the sink catches up on the traces, the
+sessionizer's final flush emits the last session records and facts, the sink catches up on those.
+When it succeeds, sessions and rollups equal the stored traces, and the store is marked consistent:
+the next start (or broker generation) has nothing to reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tracehouse.schemas import Topics
+
+if TYPE_CHECKING:
+    from tracehouse.processors import Sink, SinkStats
+    from tracehouse.storage import Store
+
+log = logging.getLogger("tracehouse.up")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorOptions:
+    partitions: int
+    inactivity_gap_ms: int
+    max_duration_ms: int | None
+    infer_sessions: bool
+    datadir: str
+
+
+class EmbeddedProcessors:
+    """The sink and the sessionizer of one broker generation (see the module docstring)."""
+
+    def __init__(self, bootstrap: str, topics: Topics, store: Store, options: ProcessorOptions) -> None:
+        self.bootstrap, self.topics, self.store, self.options = bootstrap, topics, store, options
+        self.sink: Sink | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+        self._sessions_stop = asyncio.Event()
+        self.group = ""
+        self.sessionizer_group = ""
+
+    async def start(self) -> None:
+        from tracehouse.processors import Sink, SinkConfig
+        from tracehouse.processors.sessions import SessionizerConfig, run_sessionizer
+
+        o = self.options
+        config = SinkConfig.resolve(
+            bootstrap=self.bootstrap, topic_prefix=self.topics.prefix, store_uri=self.store.uri,
+            inactivity_gap_ms=o.inactivity_gap_ms, max_duration_ms=o.max_duration_ms,
+        )  # fmt: skip
+        self.group = config.group_id
+        self.sink = Sink(config, self.store)
+        sessionizer = SessionizerConfig.resolve(
+            bootstrap=self.bootstrap, topic_prefix=self.topics.prefix, partitions=o.partitions,
+            rollup_partitions=o.partitions, inactivity_gap_ms=o.inactivity_gap_ms, max_duration_ms=o.max_duration_ms,
+            infer_sessions=o.infer_sessions, datadir=o.datadir,
+        )  # fmt: skip
+        self.sessionizer_group = sessionizer.app_id
+        self._sessions_stop = asyncio.Event()
+        # The sessionizer shares the store: it continues the sessions a previous generation left open,
+        # and reloads the ones it evicted when they get a late turn.
+        self.tasks = [
+            asyncio.create_task(self.sink.run(), name="tracehouse-sink"),
+            asyncio.create_task(run_sessionizer(sessionizer, self._sessions_stop, store=self.store),
+                                name="tracehouse-sessionizer"),
+        ]
+
+    async def wait_committed(self, offsets: Mapping[tuple[str, int], int], timeout_s: float | None) -> bool:
+        """Read-your-writes for the gateway: the current generation's sink."""
+        sink = self.sink
+        return sink is not None and await sink.wait_committed(offsets, timeout_s)
+
+    async def _caught_up(self, limit_s: float) -> bool:
+        """Wait until the sink has committed everything the broker holds.
+
+        The in-process SDK is flushed first (its events are acknowledged), then the sink must report
+        itself caught up on a fetch made after that: its fetches long-poll for at most 0.5 s, so a check
+        passing a second after the flush covers every acknowledged event."""
+        import tracehouse.producers as sdk
+
+        assert self.sink is not None
+        await asyncio.to_thread(sdk.flush, 10.0)
+        flushed = time.monotonic()
+        deadline = flushed + limit_s
+        while time.monotonic() < deadline:
+            if time.monotonic() - flushed > 1.0 and self.sink.caught_up():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def stop(self, limit_s: float) -> tuple[bool, SinkStats | None]:
+        """Drain (see the module docstring), stop both, and mark the store consistent if drained."""
+        from tracehouse.storage import StateTable
+
+        sink = self.sink
+        if sink is None:
+            return False, None
+        drained = await self._caught_up(limit_s)
+        self._sessions_stop.set()
+        try:
+            await asyncio.wait_for(self.tasks[1], limit_s)
+        except Exception as exc:  # the store is reconciled at the next start
+            log.warning("the sessionizer did not stop cleanly: %r", exc)
+            drained = False
+        drained = await self._caught_up(limit_s) and drained
+        await sink.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.tasks[0]
+        if drained:  # sessions and rollups now equal the stored traces: nothing to reconcile next time
+            await asyncio.to_thread(StateTable(self.store).mark_consistent)
+        self.sink = None
+        return drained, sink.stats()
