@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -26,9 +25,11 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 
+from tracehouse.schemas.errors import WriteStuck
+
 from ._commit import flush_final
 from ._epoch import read_epoch
-from ._state import PartitionState, SinkState
+from ._state import PartitionState, SinkState, within_deadline
 
 log = logging.getLogger("tracehouse.sink")
 
@@ -55,10 +56,33 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         up) by the loop, which must not trust records fetched before that."""
         state = self._state
         async with state.lock:
-            await enter_epoch(state)
+            state.epoch_ok = False  # read again by the loop before any partition is pinned
             for tp in assigned:
                 state.parts[(tp[0], tp[1])] = PartitionState(tp)
         log.info("partitions assigned: %s", sorted(f"{t}[{p}]" for t, p in assigned))
+
+
+async def try_enter_epoch(state: SinkState) -> bool:
+    """:func:`enter_epoch`, or (Kafka or the store failing) a retry scheduled with backoff. Until it
+    succeeds no partition is pinned, so no record is taken under the wrong epoch."""
+    if state.epoch_ok:
+        return True
+    if state.epoch_retry_at is not None and time.monotonic() < state.epoch_retry_at:
+        return False
+    try:
+        await enter_epoch(state)
+    except WriteStuck:
+        raise
+    except Exception as exc:
+        state.epoch_failures += 1
+        cfg = state.config
+        delay = min(cfg.retry_backoff_max_ms, cfg.retry_backoff_ms * 2 ** min(state.epoch_failures, 20))
+        state.epoch_retry_at = time.monotonic() + delay / 1000
+        log.warning("reading or registering the broker epoch failed (attempt %d), retrying in %.1fs: %r",
+                    state.epoch_failures, delay / 1000, exc)  # fmt: skip
+        return False
+    state.epoch_ok, state.epoch_failures, state.epoch_retry_at = True, 0, None
+    return True
 
 
 async def enter_epoch(state: SinkState) -> None:
@@ -77,9 +101,9 @@ async def enter_epoch(state: SinkState) -> None:
     if state.epoch:
         log.warning("broker epoch changed from %s to %s: the broker lost its data; offsets start again",
                     state.epoch, epoch)  # fmt: skip
-    _, report = await asyncio.to_thread(
-        begin_epoch, store, epoch, partitions=partitions, inactivity_gap_ms=cfg.inactivity_gap_ms,
-        max_duration_ms=cfg.max_duration_ms, window_ms=int(cfg.reconcile_window_s * 1000),
+    _, report = await within_deadline(
+        state, lambda: begin_epoch(store, epoch, partitions=partitions, inactivity_gap_ms=cfg.inactivity_gap_ms,
+                                   max_duration_ms=cfg.max_duration_ms, window_ms=int(cfg.reconcile_window_s * 1000)),
     )  # fmt: skip
     if report is not None:
         log.warning("an unclean stop left sessions and rollups to repair: recomputed %d sessions and %d "
@@ -125,7 +149,9 @@ async def check_ledger(state: SinkState, part: PartitionState, offset: int) -> b
         return bound, ledger.load_marks(topic, partition) if rollups else None
 
     try:
-        bound, marks = await asyncio.to_thread(lookup)
+        bound, marks = await within_deadline(state, lookup)
+    except WriteStuck:
+        raise
     except Exception as exc:
         state.fail(part, offset, "the ledger lookup", exc)
         return False

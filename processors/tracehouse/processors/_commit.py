@@ -22,8 +22,10 @@ import time
 
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from tracehouse.schemas.errors import WriteStuck
+
 from ._batch import PartitionBatch
-from ._state import PartitionState, SinkState
+from ._state import PartitionState, SinkState, within_deadline
 from ._write import write, write_group
 
 log = logging.getLogger("tracehouse.sink")
@@ -88,12 +90,14 @@ async def flush_group(state: SinkState, parts: list[PartitionState], token: str 
             b.group = token
     try:
         if any(b.row_count() and not b.written for b in batches):
-            await asyncio.to_thread(write_group, state, batches, token)
+            await within_deadline(state, write_group, state, batches, token)
         for b in batches:
             await state.dlq.confirm(b.dead_letters)
         await state.consumer.commit({p.tp: p.batch.last_offset + 1 for p in parts if p.batch is not None})
     except (CommitFailedError, IllegalStateError) as exc:
         return _moved_on(state, parts, f"commit of a group of {len(parts)} batches refused ({exc!r})")
+    except WriteStuck:
+        raise
     except Exception as exc:
         state.counts["flush_failures"] += 1
         for p in parts:
@@ -114,12 +118,14 @@ async def flush(state: SinkState, part: PartitionState, next_offset: int | None)
     tp = part.tp
     try:
         if (batch.row_count() and not batch.written) or (batch.marks and not batch.marked):
-            await asyncio.to_thread(write, state, batch)
+            await within_deadline(state, write, state, batch)
         await state.dlq.confirm(batch.dead_letters)
         await state.consumer.commit({tp: batch.last_offset + 1})
     except (CommitFailedError, IllegalStateError) as exc:
         what = f"{tp[0]}[{tp[1]}]: commit of [{batch.first_offset}, {batch.last_offset}] refused ({exc!r})"
         return _moved_on(state, [part], what)
+    except WriteStuck:
+        raise
     except Exception as exc:
         state.counts["flush_failures"] += 1
         state.fail(part, next_offset, f"flush of [{batch.first_offset}, {batch.last_offset}]", exc)

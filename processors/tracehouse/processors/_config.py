@@ -66,6 +66,9 @@ class SinkConfig(s.FromEnvironment):
     revoke_timeout_s: float = 10.0
     #: How long ``stop()`` may spend flushing before it gives up (uncommitted, so replayed later).
     drain_timeout_s: float = 30.0
+    #: A ClickHouse write still running after this long stops the sink (``WriteStuck``): a hung server
+    #: must not hold the partitions forever; the restarted sink replays from the committed offsets.
+    write_timeout_s: float = 120.0
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     dlq_acks: Literal["all", 1] = "all"

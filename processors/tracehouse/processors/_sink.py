@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 from tracehouse.schemas.kafka import producer_compression
 from tracehouse.storage import Ledger, Store
 
-from ._assign import Rebalance, check_ledger, pin
+from ._assign import Rebalance, check_ledger, pin, try_enter_epoch
 from ._batch import BatchLimits, PartitionBatch
 from ._commit import flush, flush_due, flush_final
 from ._config import SinkConfig
@@ -212,7 +212,7 @@ class Sink:
             except Exception as exc:  # includes the timeout: closing must not hang the process
                 log.warning("closing the %s failed: %r", name, exc)
         state.parts.clear()
-        if self._owns_store and state.store is not None:
+        if self._owns_store and state.store is not None and not state.stuck:  # a stuck write holds it
             store, state.store = state.store, None
             await asyncio.to_thread(store.close)
         log.info("sink stopped: %s", self.stats())
@@ -249,8 +249,9 @@ class Sink:
             # Records fetched before a partition was pinned may predate the assignment: drop them,
             # the seek makes the consumer fetch them again from the committed offset.
             pinned_now: set[Partition] = set()
+            epoch_ok = await try_enter_epoch(state)
             for key, part in list(state.parts.items()):
-                if not part.pinned and not part.lost and part.retry_at is None:
+                if epoch_ok and not part.pinned and not part.lost and part.retry_at is None:
                     await pin(state, part)
                     pinned_now.add(key)
             for tp, records in fetched.items():

@@ -13,12 +13,13 @@ import logging
 import time
 import types
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aiokafka.errors import IllegalStateError
 
+from tracehouse.schemas.errors import WriteStuck
 from tracehouse.storage import Ledger, Store
 
 from ._batch import BatchLimits, PartitionBatch
@@ -27,6 +28,7 @@ from ._dlq import DeadLetterProducer, DeadLetterWarnings, RefusalLimit
 from ._epoch import epoch_scope
 
 log = logging.getLogger("tracehouse.sink")
+T = TypeVar("T")
 
 #: ``(topic, partition)``. aiokafka's ``TopicPartition`` is a NamedTuple of the same shape.
 Partition = tuple[str, int]
@@ -115,6 +117,12 @@ class SinkState:
     warnings: DeadLetterWarnings = field(default_factory=lambda: DeadLetterWarnings(10.0))
     #: The broker epoch being consumed (see ``_epoch``); ``""`` before the sink started.
     epoch: str = ""
+    #: A write passed its deadline (``_commit.within_deadline``): the store may be held by its thread.
+    stuck: bool = False
+    #: The epoch of the current assignment is registered (``_assign.try_enter_epoch``); retries if not.
+    epoch_ok: bool = False
+    epoch_failures: int = 0
+    epoch_retry_at: float | None = None
 
     @property
     def scope(self) -> str:
@@ -168,3 +176,21 @@ class SinkState:
             committed=types.MappingProxyType(dict(self.committed)),
             assigned=frozenset((tp[0], tp[1]) for tp in self.parts),
         )  # fmt: skip
+
+
+async def within_deadline(state: SinkState, fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking store call in a worker thread; past ``write_timeout_s`` the sink stops
+    (``WriteStuck``): its batches are dropped uncommitted, to be replayed from the committed offsets by
+    the next sink (a thread stuck in a call cannot be cancelled)."""
+    timeout = state.config.write_timeout_s
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
+    except TimeoutError:
+        state.stuck = True
+        for part in state.parts.values():
+            part.batch = None
+            part.lost = True  # neither the drain nor a revoke flushes or commits it now
+        raise WriteStuck(
+            f"a ClickHouse call did not return within {timeout:.0f}s; stopping without committing. "
+            "Restarted, the sink replays its batches from the committed offsets (exactly)."
+        ) from None

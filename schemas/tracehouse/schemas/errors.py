@@ -54,6 +54,7 @@ __all__ = [
     "StoreURIError",
     "TracehouseError",
     "Unavailable",
+    "WriteStuck",
 ]
 
 INVALID_PARAMETER_VALUE: Final = "INVALID_PARAMETER_VALUE"
@@ -189,6 +190,12 @@ class Unavailable(_Coded):
 
 class BrokerError(TracehouseError, RuntimeError):
     """The embedded broker could not be found or did not start."""
+
+
+class WriteStuck(TracehouseError, RuntimeError):
+    """A ClickHouse write did not return within the sink's ``write_timeout_s``. The sink stops without
+    committing anything more (a thread stuck in a write cannot be cancelled); restarted, it replays its
+    batches from the committed offsets, exactly (the ledger and first write wins)."""
 
 
 class DeadLetterLimitExceeded(TracehouseError, RuntimeError):

@@ -13,6 +13,7 @@ import datetime
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ log = logging.getLogger("tracehouse.sink")
 FINAL_FLUSH_TIMEOUT_S = 30.0
 #: Exit status of a sink stopped by its refusal limit, and of a replay stopped by ``stop-on-error``.
 EXIT_REFUSALS = 3
+#: A ClickHouse write passed the sink's write timeout.
+EXIT_STUCK = 4
 
 
 def _logging(level: str, quiet: tuple[str, ...] = ()) -> str:
@@ -53,6 +56,8 @@ def _logging(level: str, quiet: tuple[str, ...] = ()) -> str:
 @click.option("--session-timeout-ms", type=int, default=None, help="Consumer group session timeout.")
 @click.option("--heartbeat-interval-ms", type=int, default=None, help="Consumer group heartbeat interval.")
 @click.option("--drain-timeout", type=float, default=None, help="Seconds a stop may spend flushing.")
+@click.option("--write-timeout", type=float, default=None,
+              help="A ClickHouse write running longer than this stops the sink (exit 4) for a restart.")
 @setting_option(settings.SINK_MAX_EVENT_BYTES, "--max-event-bytes", type=int,
                 help="A longer event line is dead-lettered.")
 @setting_option(settings.SINK_MAX_CONSECUTIVE_REFUSED, "--max-consecutive-refused", type=int,
@@ -73,7 +78,7 @@ def sink(bootstrap: str | None, topic_prefix: str | None, store: str | None, gro
     """
     from tracehouse.processors import SinkConfig
 
-    names = {"drain_timeout": "drain_timeout_s"}
+    names = {"drain_timeout": "drain_timeout_s", "write_timeout": "write_timeout_s"}
     overrides = {names.get(k, k): v for k, v in batching.items() if v is not None}
     if dlq_topic is not None:
         overrides["dlq_topic"] = dlq_topic
@@ -95,6 +100,7 @@ def sink(bootstrap: str | None, topic_prefix: str | None, store: str | None, gro
 
 async def _run_sink(config: Any, migrate_first: bool) -> None:
     from tracehouse.processors import Sink
+    from tracehouse.schemas.errors import WriteStuck
     from tracehouse.storage import Store, migrate
 
     store = await asyncio.to_thread(Store, config.store_uri)
@@ -107,7 +113,14 @@ async def _run_sink(config: Any, migrate_first: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.request_stop)
-        await worker.run()
+        try:
+            await worker.run()
+        except WriteStuck as exc:
+            # The stuck write's thread holds the store and cannot be cancelled: leave now, uncommitted,
+            # for a supervisor to restart the sink, which replays from the committed offsets.
+            log.error("%s", exc)
+            logging.shutdown()
+            os._exit(EXIT_STUCK)
     finally:
         await asyncio.to_thread(store.close)
 
