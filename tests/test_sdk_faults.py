@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -152,6 +153,26 @@ def test_broker_down_at_start_then_back(tmp_path: Path) -> None:
     assert stderr.count("is reachable again") == 1, stderr
     assert f"{calls - buffer_size} dropped meanwhile" in stderr, stderr
     assert stderr.count(f"{calls - buffer_size} event(s) were not published before shutdown") == 1, stderr
+
+
+@pytest.mark.parametrize("start", ["configure", "first call"])
+def test_a_script_that_exits_at_once_still_publishes_to_a_broker_named_by_host_name(
+    broker: TansuBroker, topics: Topics, start: str
+) -> None:
+    """The exit flush may be the publisher's first connection. asyncio resolves a host name in a thread
+    pool that refuses work once the interpreter exits: the SDK's loop resolves it inline instead."""
+    create_topics(broker.bootstrap, topics)
+    code = "\n".join([
+        "import tracehouse",
+        "tracehouse.configure()" if start == "configure" else "",
+        "tracehouse.trace(lambda: 1)()",
+    ])  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEHOUSE_")}
+    env.update(TRACEHOUSE_KAFKA_BOOTSTRAP=f"localhost:{broker.port}", TRACEHOUSE_TOPIC_PREFIX=topics.prefix)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(consume(broker.bootstrap, topics)) == 1, done.stderr
+    assert "not published" not in done.stderr, done.stderr
 
 
 def test_block_policy_never_hangs_on_a_broker_that_is_down(caplog: pytest.LogCaptureFixture) -> None:

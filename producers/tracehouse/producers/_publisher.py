@@ -28,6 +28,7 @@ Modelled on OpenTelemetry's ``BatchSpanProcessor`` and MLflow's async trace expo
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401  (light; not importable once the interpreter exits: see _aioloop)
 import contextlib
 import logging
 import threading
@@ -72,7 +73,7 @@ def warm_up() -> None:
         import aiokafka.partitioner  # noqa: F401
         import orjson  # noqa: F401
 
-        from . import _envelopes, _replay  # noqa: F401
+        from . import _aioloop, _envelopes, _replay  # noqa: F401
         from ._kafka_logs import quiet_aiokafka
 
         quiet_aiokafka()
@@ -217,9 +218,9 @@ class KafkaPublisher:
                 # started by a traced call, not by start(): let that call return before the imports hold
                 # the GIL for a while
                 time.sleep(_LAZY_START_DELAY)
-            import asyncio
+            from ._aioloop import run
 
-            asyncio.run(self._run())
+            run(self._run)
         except BaseException:  # pragma: no cover - the loop itself broke
             _log.exception("tracehouse: the publisher thread crashed")
         finally:
