@@ -241,7 +241,9 @@ def test_envelopes_acknowledged_before_a_broker_restart_are_sent_again(
     old = TansuBroker(port=port, log_path=tmp_path / "old.log").start()
     try:
         create_topics(old.bootstrap, topics)
-        tracehouse.configure(kafka_bootstrap=old.bootstrap, topic_prefix=topics.prefix, linger_ms=1)
+        # a window no busy machine can outlast between the first acknowledgement and the restart
+        tracehouse.configure(kafka_bootstrap=old.bootstrap, topic_prefix=topics.prefix, linger_ms=1,
+                             replay_window=600)  # fmt: skip
         before = []
         for _ in range(2):  # two rounds: the partition's offsets reach 1 on the old broker
             for i in range(20):
@@ -276,7 +278,7 @@ def test_events_sent_while_the_broker_is_down_are_retried_not_failed(
     try:
         create_topics(old.bootstrap, topics)
         tracehouse.configure(kafka_bootstrap=old.bootstrap, topic_prefix=topics.prefix, linger_ms=1,
-                             kafka_options={"request_timeout_ms": 1500})  # fmt: skip
+                             replay_window=600, kafka_options={"request_timeout_ms": 1500})  # fmt: skip
         sent = []
         for i in range(5):
             turn("one-session", i)
