@@ -9,6 +9,8 @@ import enum
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import types
 import uuid
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 import tracehouse
 from tracehouse.producers._binding import Binder
+from tracehouse.producers._buffer import EventBuffer
 from tracehouse.producers._config import TracehouseConfig, resolve_config
 from tracehouse.producers._envelopes import build_batch
 from tracehouse.producers._serialize import set_limits, to_jsonable
@@ -268,3 +271,30 @@ def test_the_query_client_is_re_exported_lazily(monkeypatch: pytest.MonkeyPatch)
         vars(tracehouse).pop("TraceClient", None)
     with pytest.raises(AttributeError):
         _ = tracehouse.no_such_thing
+
+
+def test_the_buffer_drops_or_waits_as_its_policy_says() -> None:
+    drop = EventBuffer(2)
+    assert [drop.put(i) for i in range(4)] == ["start", "queued", "dropped", "dropped"]
+    assert drop.stats() == tracehouse.PublisherStats(accepted=2, dropped=2, buffered=2)
+    assert list(drop.take_all()) == [0, 1]
+    drop.finish(2, published=2, failed=0, replayed=0)
+    assert drop.put(4) == "wake"
+
+    block = EventBuffer(2, block=True, block_timeout=0.05)
+    assert [block.put(i) for i in range(3)] == ["start", "queued", "dropped"]  # waited, no room came
+    block._block_timeout = 3600.0  # a further wait would hang this test: after one that timed out, none
+    assert block.put(3) == "dropped"
+    block.finish(1, published=1, failed=0, replayed=0)  # progress: waiting is allowed again
+    assert block.put(4) == "queued"
+    results: list[str] = []
+    waiter = threading.Thread(target=lambda: results.append(block.put(5)))
+    waiter.start()  # the buffer is full: it waits until the publisher makes room
+    while not block._cond._waiters:  # type: ignore[attr-defined]  # until it waits (a hang fails on timeout)
+        time.sleep(0.01)
+    block.finish(1, published=1, failed=0, replayed=0)
+    waiter.join(60)
+    assert results == ["queued"]
+    block.close()
+    assert block.put(6) == "dropped"
+    assert block.stats() == tracehouse.PublisherStats(accepted=4, published=2, dropped=3, buffered=2)

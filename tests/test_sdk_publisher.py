@@ -213,16 +213,19 @@ def test_buffered_events_go_out_once_the_broker_is_up(tmp_path: Any) -> None:
         tracehouse.shutdown(timeout=2.0)
 
 
-def test_publisher_starts_lazily_and_stops(broker: TansuBroker, topics: Topics) -> None:
+def test_configure_starts_the_publisher_and_shutdown_stops_it(broker: TansuBroker, topics: Topics) -> None:
+    """configure() pays the publisher's start-up (imports, thread, loop), so that no traced call does."""
     tracehouse.configure(kafka_bootstrap=broker.bootstrap, topic_prefix=topics.prefix)
-    assert not publisher_threads()
-    assert tracehouse.flush(timeout=1.0) is True  # nothing to do, nothing started
-    assert not publisher_threads()
+    assert len(publisher_threads()) == 1
+    assert tracehouse.flush(timeout=1.0) is True  # nothing to do
     chat("u", "s", "m")
     assert len(publisher_threads()) == 1
     assert tracehouse.shutdown(timeout=10.0) is True
     assert not publisher_threads()
     assert tracehouse.stats().published == 1
+    tracehouse.configure(kafka_bootstrap=broker.bootstrap, topic_prefix=topics.prefix, enabled=False)
+    tracehouse.configure(kafka_bootstrap=broker.bootstrap, topic_prefix=topics.prefix, exporter=lambda e: None)
+    assert not publisher_threads()  # nothing to start when nothing goes to Kafka
 
 
 def test_reconfiguring_flushes_the_old_publisher(broker: TansuBroker, topics: Topics) -> None:

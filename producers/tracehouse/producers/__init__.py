@@ -13,10 +13,11 @@
             ...
         return generate_response(message)
 
-Importing starts nothing. The configuration (``TRACEHOUSE_*`` environment variables or
-:func:`configure`) is resolved on the first traced call; the publisher thread starts with the first
-finished trace. Tracing never raises into the application; explicit misuse of the tag and feedback
-APIs does (:class:`ImmutableMetadataError`, :class:`ValueError`).
+Importing starts nothing. :func:`configure` resolves the configuration and starts the publisher
+thread, so that no traced call pays for it; without it, the environment (``TRACEHOUSE_*``) is resolved
+on the first traced call and the publisher thread starts with the first finished trace. Tracing never
+raises into the application; explicit misuse of the tag and feedback APIs does
+(:class:`ImmutableMetadataError`, :class:`ValueError`).
 """
 
 from tracehouse.schemas.errors import ImmutableMetadataError

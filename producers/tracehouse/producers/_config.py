@@ -55,6 +55,14 @@ class TracehouseConfig:
     max_payload_items: int = s.MAX_PAYLOAD_ITEMS.default
     #: Seconds the interpreter-exit flush may take.
     shutdown_timeout: float = s.SHUTDOWN_TIMEOUT_S.default
+    #: A full buffer: ``"drop"`` the new event (never wait) or ``"block"`` the traced call for room.
+    buffer_policy: str = s.BUFFER_POLICY.default
+    #: With ``buffer_policy="block"``: longest wait for room, in seconds (then the event is dropped).
+    buffer_block_timeout: float = s.BUFFER_BLOCK_TIMEOUT_S.default
+    #: Acknowledged envelopes younger than this (seconds) are re-sent once if the broker is replaced.
+    replay_window: float = s.REPLAY_WINDOW_S.default
+    #: At most this many bytes of acknowledged envelopes are kept for that replay.
+    replay_max_bytes: int = s.REPLAY_MAX_BYTES.default
     #: Extra keyword arguments for ``aiokafka.AIOKafkaProducer`` (security, SASL, compression...).
     kafka_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: Send finished events to this callable, synchronously, instead of Kafka. Meant for tests.
@@ -80,6 +88,14 @@ class TracehouseConfig:
             problems.append("max_payload_items must be >= 1")
         if self.shutdown_timeout < 0:
             problems.append("shutdown_timeout must be >= 0")
+        if self.buffer_policy not in s.BUFFER_POLICIES:
+            problems.append(f"buffer_policy must be one of {', '.join(s.BUFFER_POLICIES)}")
+        if not 0 <= self.buffer_block_timeout <= 3600:
+            problems.append("buffer_block_timeout must be between 0 and 3600 seconds")
+        if self.replay_window < 0:
+            problems.append("replay_window must be >= 0")
+        if self.replay_max_bytes < 0:
+            problems.append("replay_max_bytes must be >= 0")
         if problems:
             raise ConfigurationError("invalid tracehouse configuration: " + "; ".join(problems))
         if not isinstance(self.kafka_options, MappingProxyType):
@@ -104,6 +120,10 @@ ENVIRONMENT: Final[dict[str, s.Setting[Any]]] = {
     "max_payload_chars": s.MAX_PAYLOAD_CHARS,
     "max_payload_items": s.MAX_PAYLOAD_ITEMS,
     "shutdown_timeout": s.SHUTDOWN_TIMEOUT_S,
+    "buffer_policy": s.BUFFER_POLICY,
+    "buffer_block_timeout": s.BUFFER_BLOCK_TIMEOUT_S,
+    "replay_window": s.REPLAY_WINDOW_S,
+    "replay_max_bytes": s.REPLAY_MAX_BYTES,
 }
 
 _FIELDS: Final = frozenset(f.name for f in dataclasses.fields(TracehouseConfig))

@@ -14,9 +14,11 @@ from typing import Any
 
 import orjson
 
+from tracehouse.schemas import split_envelope
 from tracehouse.schemas.kafka import Envelope, pack, partition_for, partition_key
 
 from ._events import materialize
+from ._replay import Outgoing
 
 _log = logging.getLogger("tracehouse")
 
@@ -56,3 +58,32 @@ def build_batch(items: Iterable[Any], partitions: Sequence[int], max_bytes: int)
 
     envelopes = pack(lines(), max_bytes)
     return Batch(envelopes, failed)
+
+
+def outgoing(batch: Batch, partition_count: int) -> list[Outgoing]:
+    """The envelopes of ``batch`` as the publisher sends them."""
+    return [Outgoing(env.partition, env.key, env.value, env.count, partition_count) for env in batch.envelopes]
+
+
+def repack(envelopes: list[Outgoing], partitions: Sequence[int], max_bytes: int) -> list[Outgoing]:
+    """``envelopes`` for a topic of ``partitions``: unchanged when they were packed for as many
+    partitions, else split into their lines, each keyed again from its event and packed anew (the topic
+    was recreated with another partition count, e.g. by a replaced broker). Keeps the ``replay`` mark."""
+    count = len(partitions)
+    if all(out.partition_count == count for out in envelopes):
+        return envelopes
+    kept = [out for out in envelopes if out.partition_count == count]
+    for replay in (False, True):
+        lines = []
+        for out in envelopes:
+            if out.partition_count == count or out.replay is not replay:
+                continue
+            for line in split_envelope(out.value):
+                try:
+                    key = partition_key(orjson.loads(line)).encode()
+                except Exception:  # our own encoding: cannot happen, but never lose the line over it
+                    key = out.key or b""
+                lines.append((partition_for(key, partitions), key, line))
+        for env in pack(lines, max_bytes):
+            kept.append(Outgoing(env.partition, env.key, env.value, env.count, count, replay))
+    return kept

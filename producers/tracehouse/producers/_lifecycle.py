@@ -22,6 +22,10 @@ def configure(
     max_payload_chars: int | None = None,
     max_payload_items: int | None = None,
     shutdown_timeout: float | None = None,
+    buffer_policy: str | None = None,
+    buffer_block_timeout: float | None = None,
+    replay_window: float | None = None,
+    replay_max_bytes: int | None = None,
     kafka_options: Mapping[str, Any] | None = None,
     exporter: Exporter | None = None,
 ) -> TracehouseConfig:
@@ -29,8 +33,15 @@ def configure(
 
     Each value comes from its argument if given, else from its ``TRACEHOUSE_*`` environment variable,
     else from the default (arguments of earlier ``configure`` calls are not kept). Calling it is
-    optional: the first traced call resolves the environment on its own. Calling it again flushes and
-    stops the current publisher (up to its ``shutdown_timeout``) before switching; counters restart.
+    optional: the first traced call resolves the environment on its own. It starts the publisher (imports
+    aiokafka, starts its thread and event loop; connecting happens in that thread), so call it at start-up
+    and no traced call pays for that. Calling it again flushes and stops the current publisher (up to its
+    ``shutdown_timeout``) before switching; counters restart.
+
+    ``buffer_policy``: ``"drop"`` (default: a full buffer drops the new event and counts it) or
+    ``"block"`` (the traced call waits for room, at most ``buffer_block_timeout`` seconds).
+    ``replay_window`` / ``replay_max_bytes``: envelopes acknowledged this recently (at most this many
+    bytes) are re-sent once if the broker turns out to have been replaced by an empty one.
 
     ``exporter``: a callable receiving each finished event dict synchronously instead of Kafka (for
     tests; see :mod:`tracehouse.producers.testing`). Raises :class:`ValueError` on invalid values.
@@ -46,6 +57,10 @@ def configure(
         "max_payload_chars": max_payload_chars,
         "max_payload_items": max_payload_items,
         "shutdown_timeout": shutdown_timeout,
+        "buffer_policy": buffer_policy,
+        "buffer_block_timeout": buffer_block_timeout,
+        "replay_window": replay_window,
+        "replay_max_bytes": replay_max_bytes,
         "kafka_options": kafka_options,
         "exporter": exporter,
     }

@@ -24,8 +24,10 @@ class PublisherStats:
 
     ``accepted``: taken into the buffer; ``published``: acknowledged by Kafka (or by the exporter);
     ``dropped``: refused because the buffer was full or the SDK shut down; ``failed``: accepted but
-    given up on (encoding error, delivery error, still unsent at shutdown); ``buffered``: accepted and
-    not yet published or failed.
+    given up on (encoding error, a delivery Kafka refused for good, still unsent at shutdown);
+    ``buffered``: accepted and not yet published or failed (``accepted == published + failed + buffered``).
+    ``replayed``: events acknowledged a second time, re-sent because the broker was replaced by an empty
+    one soon after acknowledging them (not counted in ``published``).
     """
 
     accepted: int = 0
@@ -33,13 +35,18 @@ class PublisherStats:
     dropped: int = 0
     failed: int = 0
     buffered: int = 0
+    replayed: int = 0
 
 
 class Publisher(Protocol):
     """What the runtime needs from a destination of events."""
 
+    def start(self) -> None:
+        """Get ready now, so that the first event pays no start-up (``configure()`` calls it)."""
+
     def submit(self, item: dict[str, Any] | TraceRecord) -> None:
-        """Take one event; must be cheap, never block, never raise."""
+        """Take one event; must be cheap and never raise, and never block unless the configuration asks
+        for it (``buffer_policy="block"``, bounded by ``buffer_block_timeout``)."""
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event taken before the call is published or failed."""
@@ -53,6 +60,9 @@ class Publisher(Protocol):
 
 class NullPublisher:
     """Discards events (tracing disabled)."""
+
+    def start(self) -> None:
+        return None
 
     def submit(self, item: dict[str, Any] | TraceRecord) -> None:
         return None
@@ -78,6 +88,9 @@ class ExporterPublisher:
         self._lock = threading.Lock()
         self._accepted = self._published = self._dropped = self._failed = 0
         self._closed = False
+
+    def start(self) -> None:
+        return None
 
     def submit(self, item: dict[str, Any] | TraceRecord) -> None:
         if self._closed:

@@ -1,8 +1,10 @@
 """The process-wide SDK state: the active configuration and the publisher events go to.
 
-Resolved lazily on the first traced call (never at import), replaced by ``configure()``. The Kafka
-publisher starts its thread on its first event; only then are the ``atexit`` flush and the
-``os.register_at_fork`` reset installed (once per process).
+Resolved lazily on the first traced call (never at import), replaced by ``configure()``.
+``configure()`` starts the Kafka publisher's thread at once (its imports done in the calling thread),
+so no traced call pays for it; without ``configure()`` the thread starts with the first event and
+does its imports itself. Once it runs, the ``atexit`` flush and the ``os.register_at_fork`` reset are
+installed (once per process).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._config import TracehouseConfig, resolve_config
+from ._kafka_logs import forget_threads
+from ._publisher import KafkaPublisher
 from ._publishers import ExporterPublisher, NullPublisher, Publisher, PublisherStats
 from ._record import TraceRecord
 from ._serialize import set_limits
@@ -66,22 +70,23 @@ class Runtime:
             old, old_config = self.publisher, self.config
             if old is not None:
                 old.shutdown(old_config.shutdown_timeout if old_config is not None else 5.0)
-            self._install(config)
+            self._install(config, start=True)
         return config
 
-    def _install(self, config: TracehouseConfig) -> None:
+    def _install(self, config: TracehouseConfig, start: bool = False) -> None:
         set_limits(config.max_payload_chars, config.max_payload_items)
-        self.publisher = self._make_publisher(config)
+        publisher = self._make_publisher(config)
+        self.publisher = publisher
         self.config = config
         self.enabled = config.enabled
+        if start:
+            publisher.start()
 
     def _make_publisher(self, config: TracehouseConfig) -> Publisher:
         if not config.enabled:
             return NullPublisher()
         if config.exporter is not None:
             return ExporterPublisher(config.exporter)
-        from ._publisher import KafkaPublisher
-
         return KafkaPublisher(config, on_start=self._publisher_started)
 
     # -- used by the API -----------------------------------------------------------------------------
@@ -131,6 +136,7 @@ class Runtime:
         """The child has no publisher thread: give it a fresh, unstarted publisher. Events still buffered
         belong to the parent, which publishes them."""
         self._lock = threading.RLock()
+        forget_threads()
         config = self.config
         if config is not None and self.publisher is not None:
             self.publisher = self._make_publisher(config)

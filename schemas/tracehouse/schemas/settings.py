@@ -29,6 +29,9 @@ __all__ = [
     "AUTH_TOKEN",
     "AUTH_USERNAME",
     "BROKER_MEMORY_LIMIT_MB",
+    "BUFFER_BLOCK_TIMEOUT_S",
+    "BUFFER_POLICIES",
+    "BUFFER_POLICY",
     "BUFFER_SIZE",
     "COMPRESSION_CODECS",
     "ENABLED",
@@ -42,6 +45,8 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "READ_YOUR_WRITES_TIMEOUT_S",
     "RECONCILE_WINDOW_S",
+    "REPLAY_MAX_BYTES",
+    "REPLAY_WINDOW_S",
     "RETENTION_DAYS",
     "SERVER_URI",
     "SESSION_GAP_MS",
@@ -244,6 +249,41 @@ MAX_PAYLOAD_ITEMS: Final = _declare(
 SHUTDOWN_TIMEOUT_S: Final = _declare(
     "TRACEHOUSE_SHUTDOWN_TIMEOUT", 5.0,
     "Seconds the flush at interpreter exit may take.", _seconds, "sdk",
+)  # fmt: skip
+#: What the SDK does with a traced event when its buffer is full.
+BUFFER_POLICIES: Final = ("drop", "block")
+
+
+def _policy(raw: str) -> str:
+    policy = raw.strip().lower()
+    if policy not in BUFFER_POLICIES:
+        raise ValueError(f"expected one of {', '.join(BUFFER_POLICIES)}, got {raw!r}")
+    return policy
+
+
+BUFFER_POLICY: Final = _declare(
+    "TRACEHOUSE_BUFFER_POLICY", "drop",
+    "What a traced call does when the SDK's buffer is full: `drop` (never wait; the event is dropped and "
+    "counted in `stats().dropped`) or `block` (wait for room, at most `TRACEHOUSE_BUFFER_BLOCK_TIMEOUT_S`; "
+    "after a wait that timed out, later calls drop at once until the publisher makes progress, so a broker "
+    "that is down costs one wait, not one per call).", _policy, "sdk",
+)  # fmt: skip
+BUFFER_BLOCK_TIMEOUT_S: Final = _declare(
+    "TRACEHOUSE_BUFFER_BLOCK_TIMEOUT_S", 5.0,
+    "With `TRACEHOUSE_BUFFER_POLICY=block`: longest a traced call waits for room in the buffer, in "
+    "seconds; then its event is dropped and counted.", _seconds, "sdk",
+)  # fmt: skip
+REPLAY_WINDOW_S: Final = _declare(
+    "TRACEHOUSE_REPLAY_WINDOW_S", 30.0,
+    "The SDK keeps the envelopes Kafka acknowledged in the last this many seconds and re-sends them once "
+    "when acknowledged offsets go backwards on a partition (the broker was replaced by an empty one, as "
+    "`tracehouse up` does near its memory limit); `0` turns replay off.", _seconds, "sdk",
+)  # fmt: skip
+REPLAY_MAX_BYTES: Final = _declare(
+    "TRACEHOUSE_REPLAY_MAX_BYTES", 16 * 1024 * 1024,
+    "At most this many bytes of acknowledged envelopes are kept for replay (the oldest go first; under "
+    "heavy traffic this cap, not the window, decides how far back a replay reaches); `0` turns replay off.",
+    _count, "sdk",
 )  # fmt: skip
 
 # --- the server side ---------------------------------------------------------------------------------
