@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from test_sink_kafka import FAST, create_topics, envelopes_of, make_trace, publish, running
+from test_sink_kafka import FAST, create_topics, envelopes_of, eventually, make_trace, publish, running
 
 from tracehouse.app.embedded import TansuBroker, free_port
 from tracehouse.app.status import BrokerProbe, KafkaTarget, Thresholds, collect
@@ -112,3 +112,41 @@ def test_paused_gateway_answers_503_with_retry_after(broker: TansuBroker, topics
         assert {c["name"] for c in status["checks"]} >= {"store", "sink lag", "dead letters"}
         gateway.paused = None  # resume (without a new broker: nothing else to reset)
         assert httpx.post(url + "/api/3.0/mlflow/traces", json=body, timeout=30).status_code == 200
+
+
+def test_sdk_heartbeats_reach_status(broker: TansuBroker, topics: Topics, store: Store) -> None:
+    """An app's SDK reports its counters (and, at shutdown, its final ones) through the pipeline."""
+    import tracehouse
+
+    @tracehouse.trace
+    def answer(i: int) -> str:
+        tracehouse.update_current_trace(metadata={"mlflow.trace.user": "u1", "mlflow.trace.session": "s1"})
+        return f"a{i}"
+
+    async def main() -> None:
+        await create_topics(broker.bootstrap, topics, 2)
+        config = SinkConfig(bootstrap=broker.bootstrap, topic_prefix=topics.prefix, group_id=f"b-{topics.prefix}", **FAST)
+        sink = Sink(config, store)
+        async with running(sink):
+            await asyncio.to_thread(tracehouse.configure, kafka_bootstrap=broker.bootstrap, topic_prefix=topics.prefix,
+                                    heartbeat_interval=0.3, service_name="status-test")  # fmt: skip
+            for i in range(50):
+                answer(i)
+            assert await asyncio.to_thread(tracehouse.flush, 30)
+            await asyncio.to_thread(tracehouse.shutdown, 10)  # the last heartbeat carries the final counts
+
+            def reported() -> bool:
+                rows = store.query("SELECT max(published) FROM sdk_heartbeats WHERE service = 'status-test'")
+                return bool(rows and rows[0][0] == 50)
+
+            await eventually(reported, 60, "the final heartbeat stored")
+
+    try:
+        asyncio.run(main())
+    finally:
+        tracehouse.shutdown()
+    status = asyncio.run(collect(store))
+    assert status.sdk is not None
+    assert status.sdk["processes"] == 1
+    assert (status.sdk["published"], status.sdk["dropped"], status.sdk["failed"]) == (50, 0, 0)
+    assert store.query("SELECT count() FROM traces")[0][0] == 50  # heartbeats are not traces

@@ -63,6 +63,10 @@ class TracehouseConfig:
     replay_window: float = s.REPLAY_WINDOW_S.default
     #: At most this many bytes of acknowledged envelopes are kept for that replay.
     replay_max_bytes: int = s.REPLAY_MAX_BYTES.default
+    #: Seconds between two heartbeats with the counters (``sdk_heartbeat`` events); 0: none.
+    heartbeat_interval: float = s.HEARTBEAT_S.default
+    #: The app's name in its heartbeats (default: the script's name).
+    service_name: str = s.SERVICE_NAME.default
     #: Extra keyword arguments for ``aiokafka.AIOKafkaProducer`` (security, SASL, compression...).
     kafka_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: Send finished events to this callable, synchronously, instead of Kafka. Meant for tests.
@@ -94,6 +98,8 @@ class TracehouseConfig:
             problems.append("buffer_block_timeout must be between 0 and 3600 seconds")
         if self.replay_window < 0:
             problems.append("replay_window must be >= 0")
+        if self.heartbeat_interval < 0:
+            problems.append("heartbeat_interval must be >= 0")
         if self.replay_max_bytes < 0:
             problems.append("replay_max_bytes must be >= 0")
         if problems:
@@ -124,6 +130,8 @@ ENVIRONMENT: Final[dict[str, s.Setting[Any]]] = {
     "buffer_block_timeout": s.BUFFER_BLOCK_TIMEOUT_S,
     "replay_window": s.REPLAY_WINDOW_S,
     "replay_max_bytes": s.REPLAY_MAX_BYTES,
+    "heartbeat_interval": s.HEARTBEAT_S,
+    "service_name": s.SERVICE_NAME,
 }
 
 _FIELDS: Final = frozenset(f.name for f in dataclasses.fields(TracehouseConfig))

@@ -26,6 +26,9 @@ def configure(
     buffer_block_timeout: float | None = None,
     replay_window: float | None = None,
     replay_max_bytes: int | None = None,
+    compression: str | None = None,
+    heartbeat_interval: float | None = None,
+    service_name: str | None = None,
     kafka_options: Mapping[str, Any] | None = None,
     exporter: Exporter | None = None,
 ) -> TracehouseConfig:
@@ -42,6 +45,9 @@ def configure(
     ``"block"`` (the traced call waits for room, at most ``buffer_block_timeout`` seconds).
     ``replay_window`` / ``replay_max_bytes``: envelopes acknowledged this recently (at most this many
     bytes) are re-sent once if the broker turns out to have been replaced by an empty one.
+    ``compression``: the Kafka codec (``zstd`` by default). ``heartbeat_interval``: seconds between the
+    ``sdk_heartbeat`` events that report this process's counters to ``tracehouse status`` (0: none);
+    ``service_name`` names the app in them.
 
     ``exporter``: a callable receiving each finished event dict synchronously instead of Kafka (for
     tests; see :mod:`tracehouse.producers.testing`). Raises :class:`ValueError` on invalid values.
@@ -63,6 +69,9 @@ def configure(
         "replay_max_bytes": replay_max_bytes,
         "kafka_options": kafka_options,
         "exporter": exporter,
+        "compression": compression,
+        "heartbeat_interval": heartbeat_interval,
+        "service_name": service_name,
     }
     return RUNTIME.configure({k: v for k, v in given.items() if v is not None})
 

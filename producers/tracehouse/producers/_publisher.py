@@ -46,6 +46,7 @@ from ._record import TraceRecord
 if TYPE_CHECKING:  # imported in the publisher thread (or by start()), never on a traced call
     import asyncio
 
+    from ._heartbeat import Heartbeat
     from ._replay import AckMemory, Outgoing
 
 _log = logging.getLogger("tracehouse")
@@ -125,6 +126,7 @@ class KafkaPublisher:
         self._stop: asyncio.Event | None = None
         self._backlog: deque[Any] = deque()  # taken from the buffer, not yet in a round
         self._status = PublisherStatus(config.kafka_bootstrap, self._buffer)
+        self._heartbeat: Heartbeat | None = None
 
     # -- application side --------------------------------------------------------------------------
 
@@ -253,9 +255,16 @@ class KafkaPublisher:
             self._stop.set()
         self._ready.set()
         memory = AckMemory(self._config.replay_window, self._config.replay_max_bytes)
+        if self._config.heartbeat_interval > 0:
+            from ._heartbeat import Heartbeat
+
+            self._heartbeat = Heartbeat(self._topic, self._config.heartbeat_interval, self._config.service_name,
+                                        self.stats)  # fmt: skip
         producer: Any = None
         current: _Round | None = None
         backoff = _BACKOFF_MIN
+        beats = asyncio.ensure_future(self._heartbeat.run(self._pause, self._stop, lambda: producer, self._partitions)
+                                      if self._heartbeat is not None else asyncio.sleep(0))  # fmt: skip
         try:
             while True:
                 self._status.note_drops()
@@ -301,11 +310,14 @@ class KafkaPublisher:
                 self._buffer.finish(current.items, current.published, current.failed, current.replayed)
                 current = None
         finally:
+            beats.cancel()
             if current is not None:  # stopped with it unfinished: what is not done yet is counted as lost
                 self._buffer.finish(current.published + current.failed, current.published, current.failed,
                                     current.replayed)  # fmt: skip
             if producer is not None:
                 stopping = self._stop.is_set() and (current is not None or self._waiting())
+                if self._heartbeat is not None:  # the final counts, drops at shutdown included
+                    await self._heartbeat.send(producer, await self._partitions(producer), timeout_s=1.0)
                 await self._close(producer, _ABANDON_CLOSE_TIMEOUT if stopping else _STOP_TIMEOUT)
 
     def _waiting(self) -> bool:

@@ -36,6 +36,7 @@ __all__ = [
     "COMPRESSION_CODECS",
     "ENABLED",
     "EXPERIMENT_ID",
+    "HEARTBEAT_S",
     "KAFKA_BOOTSTRAP",
     "KAFKA_COMPRESSION",
     "LINGER_MS",
@@ -49,6 +50,7 @@ __all__ = [
     "REPLAY_WINDOW_S",
     "RETENTION_DAYS",
     "SERVER_URI",
+    "SERVICE_NAME",
     "SESSION_GAP_MS",
     "SESSION_MAX_MS",
     "SHUTDOWN_TIMEOUT_S",
@@ -284,6 +286,15 @@ REPLAY_MAX_BYTES: Final = _declare(
     "At most this many bytes of acknowledged envelopes are kept for replay (the oldest go first; under "
     "heavy traffic this cap, not the window, decides how far back a replay reaches); `0` turns replay off.",
     _count, "sdk",
+)  # fmt: skip
+HEARTBEAT_S: Final = _declare(
+    "TRACEHOUSE_HEARTBEAT_S", 60.0,
+    "Every this many seconds (and at shutdown) the SDK sends its counters (accepted, published, dropped) as "
+    "an `sdk_heartbeat` event, shown by `tracehouse status`; 0 turns it off.", _seconds, "sdk",
+)  # fmt: skip
+SERVICE_NAME: Final = _declare(
+    "TRACEHOUSE_SERVICE_NAME", "",
+    "The app's name in its SDK heartbeats (default: the script's name).", _text, "sdk",
 )  # fmt: skip
 
 # --- the server side ---------------------------------------------------------------------------------
