@@ -125,7 +125,7 @@ def test_sdk_heartbeats_reach_status(broker: TansuBroker, topics: Topics, store:
 
     async def main() -> None:
         await create_topics(broker.bootstrap, topics, 2)
-        config = SinkConfig(bootstrap=broker.bootstrap, topic_prefix=topics.prefix, group_id=f"b-{topics.prefix}", **FAST)
+        config = SinkConfig(bootstrap=broker.bootstrap, topic_prefix=topics.prefix, group_id=topics.prefix, **FAST)
         sink = Sink(config, store)
         async with running(sink):
             await asyncio.to_thread(tracehouse.configure, kafka_bootstrap=broker.bootstrap, topic_prefix=topics.prefix,
