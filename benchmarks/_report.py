@@ -53,6 +53,20 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]
         kept_up = soak["backlog_at_end"] <= soak["rate_offered"] * 2
         rows.append((f"Storage keeps up at {rate} for {soak['duration_s']:.0f} s (backlog at the end)",
                      f"{_n(soak['backlog_at_end'])} traces", "—", "—", "≤ 2 s of traffic", _verdict(kept_up)))
+    if mem := st.get("memory"):
+        z, n = mem["runs"].get("zstd", []), mem["runs"].get("none", [])
+        rows.append((f"Broker growth per trace at {mem['rate']:,.0f}/s for {mem['duration_s']:.0f} s (KiB)",
+                     f"zstd {_runs([r['kib_per_trace'] for r in z], 2)}",
+                     f"none {_runs([r['kib_per_trace'] for r in n], 2)}" if n else "—",
+                     f"{mem['ratio_none_over_zstd']}× less" if mem.get("ratio_none_over_zstd") else "—",
+                     "≤ 1 KiB per trace", _verdict(mem["met"])))  # fmt: skip
+    if soak_up := st.get("soak-up"):
+        others = {k: v for k, v in soak_up["processes"].items() if not k.startswith("broker")}
+        worst = max(others.items(), key=lambda kv: kv[1]["growth_pct"], default=None)
+        growth = f"{worst[1]['growth_pct']:+.1f} % ({worst[0]})" if worst else "—"
+        rows.append((f"`up` at {soak_up['rate']:,.0f}/s for {soak_up['duration_s'] / 60:.0f} min: growth after "
+                     "warm-up, other than the broker", growth, "—", "—", "≤ 10 % per process",
+                     _verdict(soak_up["others_within_10pct"])))  # fmt: skip
     if q := st.get("queries"):
         sizes = q["sizes"]
         at = f"{sizes['tracehouse_traces']:,} vs {sizes['mlflow_traces']:,} traces"
@@ -113,6 +127,25 @@ def render(report: dict[str, Any]) -> str:
                   + ", ".join(f"{k} {val:,.0f}" for k, val in soak["cpu_us_per_trace"].items()) + "."]
         lines.append(f"Stored: {soak['stored']['traces']:,} traces of {soak['sent']:,} sent; complete: "
                      f"{soak['complete']}.")  # fmt: skip
+    if mem := st.get("memory"):
+        lines += ["", f"## Embedded broker memory at {mem['rate']:,.0f} traces/s for {mem['duration_s']:.0f} s", "",
+                  "| codec | traces stored | idle MiB | peak MiB | KiB per trace | stored/s |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for codec, runs in mem["runs"].items():
+            lines += [f"| {codec} | {r['traces']:,} | {r['idle_mib']:.1f} | {r['peak_mib']:.1f} | "
+                      f"{r['kib_per_trace']:.2f} | {r['stored_rate']:,.0f} |" for r in runs]  # fmt: skip
+    if soak_up := st.get("soak-up"):
+        minutes = soak_up["duration_s"] / 60
+        lines += ["", f"## `tracehouse up` at {soak_up['rate']:,.0f} traces/s for {minutes:.0f} min "
+                  f"(warm-up {soak_up['warmup_s']:.0f} s): resident set (MiB)", "",
+                  "| process | after warm-up | last quarter max | peak | slope MiB/h | growth |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for proc, g in soak_up["processes"].items():
+            slope = "—" if g["slope_mib_per_h"] is None else f"{g['slope_mib_per_h']:+.1f}"
+            lines.append(f"| {proc} | {g['after_warmup_mib']:,.0f} | {g['last_quarter_max_mib']:,.0f} | "
+                         f"{g['peak_mib']:,.0f} | {slope} | {g['growth_pct']:+.1f} % |")  # fmt: skip
+        lines += ["", f"Sent {soak_up['sent']:,}, stored {soak_up['stored'] or 0:,}; broker generations: "
+                  f"{soak_up['broker_generations']} (a new one at {soak_up['broker_memory_limit_mb']:.0f} MiB)."]
     if q := st.get("queries"):
         b = q.get("build", {})
         lines += ["", "## Queries: data", "", "```", _json_short(q["sizes"]), _json_short(b), "```"]

@@ -13,7 +13,11 @@ there is one, measured in the same run and interleaved (A B A B):
 - ``soak``: the pipeline paced at 5,000 traces/s: freshness of marker traces and every process's
   resident set over time (benchmarks/_e2e.py);
 - ``queries``: search, users table and session timelines over HTTP at 10 M traces, search vs MLflow
-  (benchmarks/_queries.py).
+  (benchmarks/_queries.py);
+- ``memory``: the embedded broker's growth per trace at 1,000 traces/s for 2 minutes, zstd against no
+  compression in the same run (benchmarks/_memory.py);
+- ``soak-up`` (``--soak``, 30 minutes, not in the default set): ``tracehouse up`` at 1,000 traces/s,
+  every process's resident-set slope after warm-up (benchmarks/_memory.py).
 
 Writes ``report.json`` (everything measured) and ``report.md`` (the headline table with targets, then
 the details) into ``--out`` (default ``benchmarks/reports/<UTC time>``). ``--quick`` runs every stage
@@ -40,7 +44,9 @@ sys.path.insert(0, str(HERE))
 
 from _common import machine, spread, versions  # noqa: E402
 
-STAGES = ("sdk", "ingest", "soak", "queries")
+STAGES = ("sdk", "ingest", "soak", "queries", "memory")
+#: Long stages, run only when asked (``--soak``, or ``--only``).
+LONG_STAGES = ("soak-up",)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,12 @@ class Plan:
     query_mlflow_traces: int
     query_repeats: int
     query_settle_s: float  # MLflow's server finishes starting its job runner before the queries
+    memory_s: float = 120.0
+    memory_rate: float = 1000.0
+    soak_up_s: float = 1800.0
+    soak_up_rate: float = 1000.0
+    soak_up_warmup_s: float = 300.0
+    soak_up_sample_s: float = 10.0
 
 
 FULL = Plan(sdk_calls=100_000, sdk_rounds=2, ingest_rounds=2, ingest_s=60, ingest_warmup_s=10, mlflow_ingest_s=60,
@@ -68,7 +80,8 @@ FULL = Plan(sdk_calls=100_000, sdk_rounds=2, ingest_rounds=2, ingest_s=60, inges
             query_mlflow_traces=100_000, query_repeats=50, query_settle_s=10)  # fmt: skip
 QUICK = Plan(sdk_calls=1_000, sdk_rounds=1, ingest_rounds=1, ingest_s=5, ingest_warmup_s=2, mlflow_ingest_s=3,
              mlflow_ingest_traces=20, soak_s=5, soak_warmup_s=2, soak_rate=1000, query_traces=110_000,
-             query_mlflow_traces=1_000, query_repeats=3, query_settle_s=1)  # fmt: skip
+             query_mlflow_traces=1_000, query_repeats=3, query_settle_s=1, memory_s=5, memory_rate=300,
+             soak_up_s=20, soak_up_rate=200, soak_up_warmup_s=5, soak_up_sample_s=1)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -146,8 +159,22 @@ def stage_queries(plan: Plan, workdir: Path) -> dict[str, Any]:
     return result
 
 
+def stage_memory(plan: Plan, workdir: Path) -> dict[str, Any]:
+    import _memory
+
+    return _memory.broker_growth(workdir, duration_s=plan.memory_s, rate=plan.memory_rate)
+
+
+def stage_soak_up(plan: Plan, workdir: Path) -> dict[str, Any]:
+    import _memory
+
+    return _memory.soak_up(workdir, duration_s=plan.soak_up_s, rate=plan.soak_up_rate,
+                           warmup_s=plan.soak_up_warmup_s, sample_every_s=plan.soak_up_sample_s)  # fmt: skip
+
+
 RUNNERS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
     "sdk": stage_sdk, "ingest": stage_ingest, "soak": stage_soak, "queries": stage_queries,
+    "memory": stage_memory, "soak-up": stage_soak_up,
 }  # fmt: skip
 
 
@@ -162,12 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="every stage small: a smoke test, not a measurement")
     p.add_argument("--out", type=Path, help="report directory (default benchmarks/reports/<UTC time>)")
-    p.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages of {', '.join(STAGES)}")
+    p.add_argument("--only", default=",".join(STAGES),
+                   help=f"comma-separated stages of {', '.join(STAGES + LONG_STAGES)}")  # fmt: skip
+    p.add_argument("--soak", action="store_true",
+                   help="the 30-minute soak through `tracehouse up` at 1,000 traces/s (stage soak-up) alone")
     args = p.parse_args(argv)
-    stages = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
+    stages = ["soak-up"] if args.soak else [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES + LONG_STAGES]
     if unknown:
-        p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES + LONG_STAGES)}")
     plan = QUICK if args.quick else FULL
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out_dir = args.out or HERE / "reports" / started.replace(":", "")

@@ -53,6 +53,8 @@ class Up:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
 
+    topic_traces = "tracehouse.traces.v1"
+
     def start(self) -> None:
         self.lines = []
         self.proc = subprocess.Popen(

@@ -41,3 +41,14 @@ def store(store_uri: str) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="Run the fault suite's bigger repetitions (more traces, more kills).")  # fmt: skip
+
+
+@pytest.fixture
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """``pytest --long``: the fault suite runs bigger repetitions."""
+    return bool(request.config.getoption("--long"))

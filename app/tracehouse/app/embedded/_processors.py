@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from tracehouse.storage import Store
 
 log = logging.getLogger("tracehouse.up")
+#: How long the sink must stay caught up, with no new record, for a drain to be complete.
+QUIET_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,20 +80,25 @@ class EmbeddedProcessors:
         return sink is not None and await sink.wait_committed(offsets, timeout_s)
 
     async def _caught_up(self, limit_s: float) -> bool:
-        """Wait until the sink has committed everything the broker holds.
+        """Wait until the sink has committed everything the broker holds and nothing more arrives.
 
-        The in-process SDK is flushed first (its events are acknowledged), then the sink must report
-        itself caught up on a fetch made after that: its fetches long-poll for at most 0.5 s, so a check
-        passing a second after the flush covers every acknowledged event."""
+        The in-process SDK is flushed first (its events are acknowledged). Then the sink must report
+        itself caught up without a break for :data:`QUIET_S`: its fetches long-poll for at most 0.5 s,
+        so a record any producer (an app writing to the broker directly, too) got acknowledged meanwhile
+        would have shown up. While producers keep writing it keeps draining, up to ``limit_s``."""
         import tracehouse.producers as sdk
 
         assert self.sink is not None
         await asyncio.to_thread(sdk.flush, 10.0)
-        flushed = time.monotonic()
-        deadline = flushed + limit_s
+        deadline = time.monotonic() + limit_s
+        quiet_since: float | None = None
         while time.monotonic() < deadline:
-            if time.monotonic() - flushed > 1.0 and self.sink.caught_up():
-                return True
+            if self.sink.caught_up():
+                quiet_since = quiet_since if quiet_since is not None else time.monotonic()
+                if time.monotonic() - quiet_since >= QUIET_S:
+                    return True
+            else:
+                quiet_since = None
             await asyncio.sleep(0.1)
         return False
 

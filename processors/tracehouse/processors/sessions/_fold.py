@@ -59,6 +59,8 @@ class SessionizerStats:
     undecodable: int = 0
     #: Envelopes delivered past an offset never delivered (a faust recovery race): refused and re-read.
     offset_holes: int = 0
+    #: Holes below the committed offset (faust restored an older state) read outside faust and folded.
+    offset_holes_filled: int = 0
     flushes: int = 0
     records_emitted: int = 0
     sessions_closed: int = 0
@@ -131,7 +133,8 @@ def restore(partition: int, table: Mapping[bytes, bytes | None], offset: int) ->
     part.reemit = {sid for sid, state in part.sessions.items() if not state.hidden}
     part.fresh = table.get(prefix) is None
     if part.sessions:
-        log.info("partition %d: restored %d sessions", partition, len(part.sessions))
+        log.info("partition %d: restored %d sessions, folded up to offset %d (event time %d)", partition,
+                 len(part.sessions), part.restored_offset, part.watermark_ms)  # fmt: skip
     else:
         log.info("partition %d: folding from offset %d, no saved sessions", partition, offset)
     return part

@@ -41,6 +41,7 @@ from ._config import SessionizerConfig
 from ._emit import Emitter, Evictions, FlushBatch, snapshot
 from ._facts import TraceFacts
 from ._fold import Folder, PartitionFold, SessionizerStats
+from ._holes import HoleReader
 from ._source import StoreSource
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ class Sessionizer:
             self.folder.retention_ms = max(DEFAULT_RETENTION_WITH_STORE_MS, 2 * config.inactivity_gap_ms)
         self.epoch: str | None = None
         self._epoch_checked = 0.0
+        self._holes = HoleReader(config.bootstrap)
+        #: ``(partition, generation, offsets)`` folded by ``_fill_hole``, acked with the next flush.
+        self._filled: list[tuple[int, int, range]] = []
         self._generation: dict[int, int] = {}
         self._pending: list[Any] = []  # faust EventT, acked after their state is flushed
         self._flush_lock = asyncio.Lock()
@@ -159,17 +163,67 @@ class Sessionizer:
             message = event.message
             if self.epoch is None:
                 await self.enter_epoch()
-            if not self._contiguous(message.partition, message.offset):
+            if not self._contiguous(message.partition, message.offset) and not await self._fill_hole(message):
                 await self._reread(message.partition)
                 continue  # neither folded nor acked: it comes again after the hole
-            if event.value:
-                parsed = self.folder.parse(split_envelope(event.value))
-                if self.source is not None and not await self._load(message.partition, message.offset, parsed):
-                    continue  # revoked while loading: its next owner folds it
-                self.folder.fold_parsed(message.partition, parsed, message.offset, self.table.data)
+            if not await self._fold_envelope(message.partition, message.offset, event.value):
+                continue  # revoked while loading: its next owner folds it
             stats.envelopes += 1
             stats.last_envelope_at = now
             self._pending.append(event)
+
+    async def _fold_envelope(self, partition: int, offset: int, value: bytes | None) -> bool:
+        """Parse, read back from the store what folding needs (with a source), fold. ``False`` when the
+        partition was revoked meanwhile."""
+        if value:
+            parsed = self.folder.parse(split_envelope(value))
+            if self.source is not None and not await self._load(partition, offset, parsed):
+                return False
+            self.folder.fold_parsed(partition, parsed, offset, self.table.data)
+        return True
+
+    async def _fill_hole(self, message: Any) -> bool:
+        """An envelope arrived past the offset the state was folded up to, and faust will not deliver
+        the ones in between: it restored an older state than the previous owner committed (they are
+        below the committed offset), or it lost a record in its recovery seek (faust-streaming#596).
+        Read them outside faust (``_holes``) and fold them first; they are acked with the next flush.
+        ``False`` if they could not be read (the caller seeks back and waits)."""
+        partition, offset = message.partition, message.offset
+        part = self.folder.parts.get(partition)
+        if part is None:
+            return False
+        start = part.folded_offset + 1
+        generation = self._generation.get(partition, 0)
+        records = await self._holes.read(message.topic, partition, start, offset)
+        if records is None or self.folder.parts.get(partition) is not part:
+            return False
+        log.warning("partition %d: folding offsets %d to %d, which faust did not deliver, from a read of their "
+                    "own (committed offset: %s)", partition, start, offset - 1, self._committed(partition))  # fmt: skip
+        for record_offset, value in records:
+            if not await self._fold_envelope(partition, record_offset, value):
+                return False
+        self._filled.append((partition, generation, range(start, offset)))
+        self.stats.offset_holes_filled += 1
+        part.hole = None
+        return True
+
+    def _ack_filled(self, filled: list[tuple[int, int, range]], generations: dict[int, int]) -> None:
+        """Ack, in faust's books, the offsets folded by :meth:`_fill_hole` (their state was just
+        flushed): a commit may then pass them. Those below the committed offset need nothing."""
+        from faust.types import TP
+
+        consumer: Any = self.app.consumer
+        for partition, generation, offsets in filled:
+            if self._generation.get(partition, 0) != generation or generations.get(partition, 0) != generation:
+                continue  # revoked meanwhile: the next owner replays them
+            tp = TP(self._traces.get_topic_name(), partition)
+            committed = consumer._committed_offset[tp]
+            index, acked = consumer._acked_index[tp], consumer._acked[tp]
+            for offset in offsets:
+                if (committed is None or offset >= committed) and offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
+                    consumer._n_acked += 1
 
     # ------------------------------------------------------------------------------- epoch and store
 
@@ -316,6 +370,7 @@ class Sessionizer:
         if not self._pending and not any(p.dirty or p.outbox for p in parts) and not evictions:
             return
         pending, self._pending = self._pending, []
+        filled, self._filled = self._filled, []  # folded before this snapshot: flushed by it
         generations = dict(self._generation)
         batches = self._snapshot(evictions)
         if batches:
@@ -331,6 +386,8 @@ class Sessionizer:
             p = event.message.partition
             if self._generation.get(p, 0) == generations.get(p, 0):
                 event.ack()
+        if filled:
+            self._ack_filled(filled, generations)
         self.stats.flushes += 1
 
     async def _on_timer(self) -> None:
@@ -383,4 +440,5 @@ async def run_sessionizer(
         await worker.flush()
     finally:
         await app.stop()
+        await worker._holes.close()
     return worker.stats

@@ -1,0 +1,65 @@
+"""Reading the envelopes a restored partition needs but faust will not deliver again.
+
+A sessionizer restores a partition from its changelog and must go on right after the offset that
+state was folded up to. Sometimes faust's recovery restores an older state than the committed offset
+of the input (the changelog's last flush not seen), and then starts the stream at the committed
+offset: the envelopes in between were folded by the previous owner, but not into the state restored
+here. They are below the committed offset, so faust never delivers them again (a seek back can be
+undone by faust's own seek to the committed offset). This reader fetches exactly that range with a
+plain consumer outside faust, so the worker folds it (idempotently) before the envelope that revealed
+the hole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+log = logging.getLogger("tracehouse.sessionizer")
+
+#: Longest wait for a range that should be in the topic.
+READ_TIMEOUT_S: Final = 30.0
+
+
+class HoleReader:
+    """Fetches ``[start, end)`` of a partition (one consumer, assigned per read, never in a group)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._consumer: Any = None
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[tuple[int, bytes]] | None:
+        """The records of offsets ``start`` to ``end - 1`` in order, or ``None`` if they could not all
+        be read in :data:`READ_TIMEOUT_S` (a real gap, or the broker away)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                              enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
+            await self._consumer.start()
+        consumer = self._consumer
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        out: dict[int, bytes] = {}
+        deadline = asyncio.get_running_loop().time() + READ_TIMEOUT_S
+        while len(out) < end - start and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, ()):
+                if start <= record.offset < end:
+                    out[record.offset] = record.value or b""
+            if any(r.offset >= end - 1 for r in batch.get(tp, ())):
+                break
+        if len(out) < end - start:
+            log.warning("%s[%d]: read %d of the %d envelopes [%d, %d) again", topic, partition, len(out),
+                        end - start, start, end)  # fmt: skip
+            return None
+        return [(offset, out[offset]) for offset in range(start, end)]
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
