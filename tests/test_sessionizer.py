@@ -372,3 +372,24 @@ def test_sigterm_flushes_what_was_folded_and_commits(broker: TansuBroker, topics
     except AssertionError:
         print(log.read_text()[-5000:])
         raise
+
+
+def test_hole_reader_reads_exactly_the_range_faust_will_not_deliver(broker: TansuBroker, topics: Topics) -> None:
+    """What a sessionizer folds when faust restored an older state than was committed: exactly the
+    envelopes between, in order; a range past the end is refused, not guessed."""
+    from tracehouse.processors.sessions._holes import HoleReader
+
+    async def main() -> None:
+        await ensure_topics(broker.bootstrap, topics, partitions=2)
+        await publish(broker.bootstrap, topics.traces, [(1, [f'{{"n":{i}}}'.encode()]) for i in range(10)])
+        reader = HoleReader(broker.bootstrap)
+        try:
+            got = await reader.read(topics.traces, 1, 3, 7)
+            assert got is not None
+            assert [o for o, _ in got] == [3, 4, 5, 6]
+            assert [v for _, v in got] == [f'{{"n":{i}}}'.encode() for i in range(3, 7)]
+            assert await reader.read(topics.traces, 1, 8, 12, timeout_s=2) is None
+        finally:
+            await reader.close()
+
+    asyncio.run(main())

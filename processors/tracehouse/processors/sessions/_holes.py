@@ -30,9 +30,10 @@ class HoleReader:
         self.bootstrap = bootstrap
         self._consumer: Any = None
 
-    async def read(self, topic: str, partition: int, start: int, end: int) -> list[tuple[int, bytes]] | None:
+    async def read(self, topic: str, partition: int, start: int, end: int, timeout_s: float = READ_TIMEOUT_S
+                   ) -> list[tuple[int, bytes]] | None:  # fmt: skip
         """The records of offsets ``start`` to ``end - 1`` in order, or ``None`` if they could not all
-        be read in :data:`READ_TIMEOUT_S` (a real gap, or the broker away)."""
+        be read in ``timeout_s`` (a real gap, or the broker away)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         if self._consumer is None:
@@ -44,7 +45,7 @@ class HoleReader:
         consumer.assign([tp])
         consumer.seek(tp, start)
         out: dict[int, bytes] = {}
-        deadline = asyncio.get_running_loop().time() + READ_TIMEOUT_S
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while len(out) < end - start and asyncio.get_running_loop().time() < deadline:
             batch = await consumer.getmany(tp, timeout_ms=500)
             for record in batch.get(tp, ()):
