@@ -23,7 +23,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["quick"] is True
     assert report["errors"] == {}
-    assert set(report["stages"]) == {"sdk", "ingest", "soak", "queries"}
+    assert set(report["stages"]) == {"sdk", "ingest", "soak", "queries", "memory"}
     assert report["machine"]["cores"] >= 1
     assert report["versions"]["mlflow"] == "3.17.2"
     # Every stage measured something real: traces went all the way through on both sides.
@@ -36,8 +36,11 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     assert soak["freshness_ms"]["n"] >= 1
     assert report["stages"]["sdk"]["tracehouse"]["added_p50_us"]["median"] > 0
     assert set(report["stages"]["queries"]["search"]) >= {"user", "session"}
+    memory = report["stages"]["memory"]["runs"]
+    assert set(memory) == {"zstd", "none"}
+    assert all(run["complete"] and run["traces"] > 0 and run["peak_mib"] > 0 for runs in memory.values() for run in runs)
     md = (out / "report.md").read_text()
     assert md.startswith("# tracehouse benchmark report (quick mode")
     for figure in ("SDK cost per traced call", "End-to-end ingest", "Freshness", "Search, user", "Users table",
-                   "Session timeline"):  # fmt: skip
+                   "Session timeline", "Embedded broker memory"):  # fmt: skip
         assert figure in md, figure

@@ -67,7 +67,12 @@ async def _consume(bootstrap: str, topic: str) -> list[dict[str, Any]]:
 
 
 def consume(bootstrap: str, topics: Topics) -> list[dict[str, Any]]:
-    return asyncio.run(_consume(bootstrap, topics.traces))
+    """The app's events in the traces topic, without its SDK heartbeats (see ``heartbeats``)."""
+    return [e for e in asyncio.run(_consume(bootstrap, topics.traces)) if e["type"] != "sdk_heartbeat"]
+
+
+def heartbeats(bootstrap: str, topics: Topics) -> list[dict[str, Any]]:
+    return [e for e in asyncio.run(_consume(bootstrap, topics.traces)) if e["type"] == "sdk_heartbeat"]
 
 
 def create_topics(bootstrap: str, topics: Topics) -> None:
@@ -173,6 +178,8 @@ def test_a_script_that_exits_at_once_still_publishes_to_a_broker_named_by_host_n
     assert done.returncode == 0, done.stderr
     assert len(consume(broker.bootstrap, topics)) == 1, done.stderr
     assert "not published" not in done.stderr, done.stderr
+    [last] = heartbeats(broker.bootstrap, topics)  # sent at exit, with the final counts
+    assert (last["accepted"], last["published"], last.get("dropped", 0)) == (1, 1, 0)
 
 
 def test_block_policy_never_hangs_on_a_broker_that_is_down(caplog: pytest.LogCaptureFixture) -> None:

@@ -202,8 +202,8 @@ def test_http_dataframe_and_cli_agree_with_the_store(served: tuple[Store, str]) 
 
 
 def test_web_ui_calls_only_routes_that_answer_with_the_fields_it_reads(served: tuple[Store, str]) -> None:
-    """The UI's users, user, sessions and session views: every API path its script builds answers 200
-    here, with the keys the script reads."""
+    """The UI's users, user, sessions, session and status views: every API path its script builds answers
+    200 here, with the keys the script reads."""
     import re
 
     import httpx
@@ -212,7 +212,8 @@ def test_web_ui_calls_only_routes_that_answer_with_the_fields_it_reads(served: t
     html = httpx.get(url + "/").text
     paths = set(re.findall(r"'(/api/tracehouse/v1/[a-z/]+)", html))
     v1 = "/api/tracehouse/v1/"
-    assert paths == {v1 + p for p in ("traces/search", "traces/", "users", "users/", "sessions", "sessions/")}
+    assert paths == {v1 + p for p in ("traces/search", "traces/", "users", "users/", "sessions", "sessions/",
+                                      "status")}
     users = httpx.get(url + "/api/tracehouse/v1/users", params={"max_results": 100, "order_by": "error_rate DESC"})
     assert users.status_code == 200
     row = users.json()["users"][0]
@@ -228,3 +229,9 @@ def test_web_ui_calls_only_routes_that_answer_with_the_fields_it_reads(served: t
     assert "sessions" in listed.json()
     detail = httpx.get(url + "/api/tracehouse/v1/sessions/s-user-000-1", params={"max_results": 500}).json()
     assert {"session", "summary", "feedback"} <= set(detail)
+    status = httpx.get(url + "/api/tracehouse/v1/status")
+    assert status.status_code == 200
+    health = status.json()
+    assert {"level", "healthy", "checks", "store"} <= set(health)
+    assert health["store"]["traces"] > 0
+    assert all({"name", "level", "message"} <= set(check) for check in health["checks"])

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tracehouse.schemas import SdkHeartbeat, encode_event
+from tracehouse.schemas import SdkHeartbeat, encode_event, envelope_headers
 from tracehouse.schemas.kafka import partition_for
 
 from ._publishers import PublisherStats
@@ -60,7 +60,8 @@ class Heartbeat:
             return
         try:
             key = self.process_id.encode()
-            future = await producer.send(self.topic, self.event(), key=key, partition=partition_for(key, partitions))
+            future = await producer.send(self.topic, self.event(), key=key, partition=partition_for(key, partitions),
+                                         headers=envelope_headers(1))  # a one-event envelope like any other
             await asyncio.wait_for(future, timeout_s)
             self.sent += 1
         except Exception:
