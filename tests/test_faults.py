@@ -277,12 +277,14 @@ def test_a_graceful_stop_of_up_under_load_stores_everything_acknowledged(tmp_pat
                 await asyncio.wait_for(producer.stop(), 5)
 
     def http_load() -> None:
+        # Recent times: `up` keeps 30 days by default, and an older trace may be gone at the next merge.
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         n = 0
         while not stop_load.is_set():
             n += 1
             trace_id = f"tr-{0xF0000000 + n:032x}"
             body = {"trace": {"trace_info": {
-                "trace_id": trace_id, "request_time": "2026-01-01T00:00:00Z", "state": "OK",
+                "trace_id": trace_id, "request_time": now, "state": "OK",
                 "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": "0"}},
                 "trace_metadata": {"mlflow.trace.user": "http-user", "mlflow.trace.session": f"http-{n % 20}"},
             }}}  # fmt: skip
