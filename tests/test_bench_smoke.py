@@ -39,7 +39,9 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     memory = report["stages"]["memory"]["runs"]
     assert set(memory) == {"zstd", "none"}
     for run in (run for runs in memory.values() for run in runs):
-        assert run["complete"] and run["traces"] > 0 and run["peak_mib"] > 0, run
+        assert run["complete"], run
+        assert run["traces"] > 0, run
+        assert run["peak_mib"] > 0, run
     md = (out / "report.md").read_text()
     assert md.startswith("# tracehouse benchmark report (quick mode")
     for figure in ("SDK cost per traced call", "End-to-end ingest", "Freshness", "Search, user", "Users table",
