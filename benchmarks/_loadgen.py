@@ -12,7 +12,9 @@ of inputs and outputs; 2,000 users, 6 turns a session. Both sides run the same w
   then ``flush()``; the moment ``flush()`` returns is printed as ``M fresh-K <unix seconds>`` so the
   benchmark can time when that trace becomes visible (freshness).
 
-The last stdout line is a JSON summary: traces, CPU seconds, resident set.
+When the calls stop it prints ``E <traces> <unix seconds>`` (before the final flush), and its last
+stdout line is a JSON summary: traces, CPU seconds, resident set, and ``waits``: how many times it
+paused for the SDK's buffer to drain (backpressure).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def main() -> None:
     markers = 0
     start = time.perf_counter()
     next_marker = start + args.marker_every
-    i = 0
+    i = waits = 0
     while True:
         now = time.perf_counter()
         if (args.traces and i >= args.traces) or (args.duration and now - start >= args.duration):
@@ -117,14 +119,16 @@ def main() -> None:
         else:
             chat(user, session, f"question {i} {PAD[:300]}", None)
         i += 1
-        if args.side == "tracehouse" and i % 1000 == 0:
+        if args.side == "tracehouse" and i % 1000 == 0 and sdk.stats().buffered > 20_000:
+            waits += 1
             while sdk.stats().buffered > 20_000:
                 time.sleep(0.002)
     produced = time.perf_counter() - start
+    print(f"E {i} {time.time():.6f}", flush=True)
     if args.side == "tracehouse":
         ok = sdk.flush(timeout=120)
         stats = sdk.stats()
-        extra: dict[str, Any] = {"flushed": ok, "dropped": stats.dropped, "failed": stats.failed}
+        extra: dict[str, Any] = {"flushed": ok, "dropped": stats.dropped, "failed": stats.failed, "waits": waits}
     else:
         sdk.flush_trace_async_logging(terminate=True)
         extra = {}

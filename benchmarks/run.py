@@ -16,6 +16,9 @@ there is one, measured in the same run and interleaved (A B A B):
   (benchmarks/_queries.py);
 - ``memory``: the embedded broker's growth per trace at 1,000 traces/s for 2 minutes, zstd against no
   compression in the same run (benchmarks/_memory.py);
+- ``up``: the pipeline as users start it, through ``tracehouse up``: paced at 1,000 and at 5,000
+  traces/s with freshness markers polled every 50 ms through the search API, then flat out; CPU per
+  stored trace per process and per thread of ``up`` (benchmarks/_through_up.py);
 - ``soak-up`` (``--soak``, 30 minutes, not in the default set): ``tracehouse up`` at 1,000 traces/s,
   every process's resident-set slope after warm-up (benchmarks/_memory.py).
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import statistics
@@ -44,7 +48,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import machine, spread, versions  # noqa: E402
 
-STAGES = ("sdk", "ingest", "soak", "queries", "memory")
+STAGES = ("sdk", "ingest", "up", "soak", "queries", "memory")
 #: Long stages, run only when asked (``--soak``, or ``--only``).
 LONG_STAGES = ("soak-up",)
 
@@ -67,6 +71,12 @@ class Plan:
     query_mlflow_traces: int
     query_repeats: int
     query_settle_s: float  # MLflow's server finishes starting its job runner before the queries
+    up_rates: tuple[float, ...] = (1000.0, 5000.0)
+    up_paced_s: tuple[float, ...] = (120.0, 600.0)  # per rate
+    up_paced_warmup_s: float = 30.0
+    up_flat_s: float = 60.0
+    up_flat_warmup_s: float = 15.0
+    up_rounds: int = 1
     memory_s: float = 120.0
     memory_rate: float = 1000.0
     soak_up_s: float = 1800.0
@@ -80,7 +90,8 @@ FULL = Plan(sdk_calls=100_000, sdk_rounds=2, ingest_rounds=2, ingest_s=60, inges
             query_mlflow_traces=100_000, query_repeats=50, query_settle_s=10)  # fmt: skip
 QUICK = Plan(sdk_calls=1_000, sdk_rounds=1, ingest_rounds=1, ingest_s=5, ingest_warmup_s=2, mlflow_ingest_s=3,
              mlflow_ingest_traces=20, soak_s=5, soak_warmup_s=2, soak_rate=1000, query_traces=110_000,
-             query_mlflow_traces=1_000, query_repeats=3, query_settle_s=1, memory_s=5, memory_rate=300,
+             query_mlflow_traces=1_000, query_repeats=3, query_settle_s=1, up_rates=(300.0,), up_paced_s=(6.0,),
+             up_paced_warmup_s=2, up_flat_s=5, up_flat_warmup_s=2, memory_s=5, memory_rate=300,
              soak_up_s=20, soak_up_rate=200, soak_up_warmup_s=5, soak_up_sample_s=1)  # fmt: skip
 
 
@@ -99,7 +110,12 @@ def stage_sdk(plan: Plan, workdir: Path) -> dict[str, Any]:
     for side, results in runs.items():
         out[side] = {"added_p50_us": spread([r["overhead_p50_us"] for r in results]),
                      "added_p99_us": spread([r["overhead_p99_us"] for r in results])}  # fmt: skip
+        if all("amortized_us" in r for r in results):
+            out[side]["amortized_us"] = spread([r["amortized_us"] for r in results])
     out["ratio"] = out["mlflow"]["added_p50_us"]["median"] / max(out["tracehouse"]["added_p50_us"]["median"], 1e-9)
+    if "amortized_us" in out["tracehouse"] and "amortized_us" in out["mlflow"]:
+        out["ratio_amortized"] = (out["mlflow"]["amortized_us"]["median"]
+                                  / max(out["tracehouse"]["amortized_us"]["median"], 1e-9))  # fmt: skip
     return out
 
 
@@ -125,6 +141,26 @@ def stage_ingest(plan: Plan, workdir: Path) -> dict[str, Any]:
     return {"tracehouse": {"stored_rate": th_rate, "cpu_us_per_trace": cpu, "runs": tracehouse},
             "mlflow": {"stored_rate": ml_rate, "runs": mlflow},
             "ratio": th_rate["median"] / max(ml_rate["median"], 1e-9)}  # fmt: skip
+
+
+def stage_up(plan: Plan, workdir: Path) -> dict[str, Any]:
+    import _through_up as _up
+
+    paced: dict[str, list[dict[str, Any]]] = {}
+    flat: list[dict[str, Any]] = []
+    for r in range(plan.up_rounds):
+        for rate, seconds in zip(plan.up_rates, plan.up_paced_s, strict=True):
+            run = _up.up_run(workdir, f"paced{rate:.0f}-{r}", duration_s=seconds, rate=rate,
+                             warmup_s=plan.up_paced_warmup_s)  # fmt: skip
+            paced.setdefault(f"{rate:.0f}", []).append(run)
+            fresh = run["freshness_ms"] or {}
+            _progress(f"up paced {rate:,.0f}/s for {seconds:.0f} s: stored {run['stored_rate']:,.0f}/s, backlog "
+                      f"{run['backlog_at_end']:,} at the end, freshness p50 {fresh.get('p50', 0):,.0f} ms p95 "
+                      f"{fresh.get('p95', 0):,.0f} ms, complete {run['complete']}")  # fmt: skip
+        flat.append(_up.up_run(workdir, f"flat-{r}", duration_s=plan.up_flat_s, rate=0,
+                               warmup_s=plan.up_flat_warmup_s))  # fmt: skip
+        _progress(f"up flat out: stored {flat[-1]['stored_rate']:,.0f}/s, complete {flat[-1]['complete']}")
+    return {"paced": paced, "flat": {"stored_rate": spread([r["stored_rate"] for r in flat]), "runs": flat}}
 
 
 def stage_soak(plan: Plan, workdir: Path) -> dict[str, Any]:
@@ -173,7 +209,7 @@ def stage_soak_up(plan: Plan, workdir: Path) -> dict[str, Any]:
 
 
 RUNNERS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
-    "sdk": stage_sdk, "ingest": stage_ingest, "soak": stage_soak, "queries": stage_queries,
+    "sdk": stage_sdk, "ingest": stage_ingest, "up": stage_up, "soak": stage_soak, "queries": stage_queries,
     "memory": stage_memory, "soak-up": stage_soak_up,
 }  # fmt: skip
 
@@ -193,12 +229,16 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated stages of {', '.join(STAGES + LONG_STAGES)}")  # fmt: skip
     p.add_argument("--soak", action="store_true",
                    help="the 30-minute soak through `tracehouse up` at 1,000 traces/s (stage soak-up) alone")
+    p.add_argument("--up-seconds", type=float, default=None,
+                   help="stage up: run the highest paced rate this long (default 600; 120 to iterate)")
     args = p.parse_args(argv)
     stages = ["soak-up"] if args.soak else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES + LONG_STAGES]
     if unknown:
         p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES + LONG_STAGES)}")
     plan = QUICK if args.quick else FULL
+    if args.up_seconds:
+        plan = dataclasses.replace(plan, up_paced_s=(*plan.up_paced_s[:-1], args.up_seconds))
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out_dir = args.out or HERE / "reports" / started.replace(":", "")
     out_dir.mkdir(parents=True, exist_ok=True)
