@@ -114,7 +114,8 @@ class _Markers:
         """Stop once every marker was seen, or after ``wait_s``."""
         self.give_up_at = time.monotonic() + wait_s
         self._stop.set()
-        self._thread.join(wait_s + 30)
+        if self._thread.ident is not None:
+            self._thread.join(wait_s + 30)
 
     def _run(self) -> None:
         import httpx
@@ -196,7 +197,7 @@ def up_run(workdir: Path, run: str, *, duration_s: float, rate: float, warmup_s:
                     for name, proc in {**procs, **({"broker (Tansu)": broker} if broker else {})}.items():
                         with contextlib.suppress(Exception):
                             rss.setdefault(name, []).append((round(now, 1), round(rss_mib(proc.pid), 1)))
-                    next_sample = now + 2.0
+                    next_sample = now + 5.0  # status reads Kafka and the store: not too often
                 time.sleep(0.05)
             mark("end")  # the moment the app stopped producing (or as close as the poll)
             gen.wait(600)

@@ -5,6 +5,7 @@ traces, and only what changed since the last consistent point is touched."""
 from __future__ import annotations
 
 import random
+import time
 
 import msgspec
 import pytest
@@ -101,3 +102,50 @@ def test_reconcile_repairs_what_a_crash_left_and_nothing_else(store: Store) -> N
     # Reconciling again gives the same result.
     reconcile(store, since, partitions=PARTITIONS)
     assert_exact(store, PARTITIONS)
+
+
+def test_an_epoch_is_complete_only_when_every_stored_session_has_its_record(store: Store) -> None:
+    """``begin_epoch`` marks the epoch complete when the store was consistent or the reconciliation
+    reached its consistent point; the sessionizer then takes a session id without a record for a new
+    one. Once the reconciliation window cut one short, record-less sessions are folded from their traces."""
+    from tracehouse.processors.sessions._source import StoreSource
+    from tracehouse.storage import begin_epoch
+
+    def write_in_two_moments(traces: list[TraceEvent]) -> None:  # stored without records: an unclean stop
+        _write(store, list[object](traces[: len(traces) // 2]))
+        time.sleep(0.05)
+        _write(store, list[object](traces[len(traces) // 2 :]))
+
+    def turns(traces: list[TraceEvent], sid: str) -> int:
+        return sum(1 for t in traces if t.metadata["mlflow.trace.session"] == sid)
+
+    assert begin_epoch(store, "e1", partitions=PARTITIONS)[0].complete  # an empty store
+    source = StoreSource(store, PARTITIONS)
+    generated = generate(users=20, sessions=40, loose=0, seed=5, per=5).traces.values()
+    first = sorted(generated, key=lambda t: t.timestamp_ms)
+    write_in_two_moments(first)
+    record, report = begin_epoch(store, "e2", partitions=PARTITIONS)  # reconciles back to the consistent point
+    assert report is not None
+    assert record.complete
+    source.epoch = record
+    assert source.load(["session-never-seen"], folded_offset=-1) == []
+    sid = first[0].metadata["mlflow.trace.session"]
+    [state] = source.load([sid], folded_offset=-1)  # from its reconciled record
+    assert state.turns == turns(first, sid)
+
+    second = [msgspec.structs.replace(t, trace_id=t.trace_id + "-2", metadata={
+        **t.metadata, "mlflow.trace.session": t.metadata["mlflow.trace.session"] + "-2"}) for t in first]
+    write_in_two_moments(second)
+    record, report = begin_epoch(store, "e3", partitions=PARTITIONS, window_ms=0)  # cut short
+    assert report is not None
+    assert not record.complete
+    sid = second[0].metadata["mlflow.trace.session"]
+    store.command(f"ALTER TABLE sessions DELETE WHERE session_id = '{sid}'", settings={"mutations_sync": 2})
+    source.epoch = record
+    [state] = source.load([sid], folded_offset=-1)  # folded from the traces stored before the epoch
+    assert state.turns == turns(second, sid)
+    # Nothing changed since, and nothing was reconciled: the next epoch is still incomplete.
+    record, report = begin_epoch(store, "e4", partitions=PARTITIONS)
+    assert report is None
+    assert not record.complete
+    assert StateTable(store).epoch() == record

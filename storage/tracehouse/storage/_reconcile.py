@@ -258,13 +258,23 @@ def _latest_change_ms(store: Store) -> int | None:
     return latest or None
 
 
+def _earliest_change_ms(store: Store) -> int:
+    """When the store's traces and sessions were first written (store clock)."""
+    row = store.query(
+        "SELECT least((SELECT min(toUnixTimestamp64Milli(ingested_at)) FROM traces), "
+        "(SELECT min(toUnixTimestamp64Milli(ingested_at)) FROM sessions))"
+    )[0]
+    return int(row[0] or 0)
+
+
 def begin_epoch(store: Store, epoch_id: str, *, partitions: int, inactivity_gap_ms: int = 30 * 60 * 1000,
                 max_duration_ms: int | None = None, window_ms: int = 3_600_000
                 ) -> tuple[EpochRecord, ReconcileReport | None]:  # fmt: skip
     """Register ``epoch_id`` as the epoch the store is fed from. When it is new and anything changed
     since the last consistent point (an unclean stop), reconcile first: at most ``window_ms`` back from
-    the latest change, or from the consistent point if that is later. Returns the epoch record and the
-    report of the reconciliation, if one ran. Idempotent for the current epoch."""
+    the latest change, or from the consistent point if that is later. The epoch is ``complete`` (every
+    stored session has its record) unless that window cut the reconciliation short. Returns the epoch
+    record and the report of the reconciliation, if one ran. Idempotent for the current epoch."""
     state = StateTable(store)
     current = state.epoch()
     if current is not None and current.id == epoch_id:
@@ -272,11 +282,20 @@ def begin_epoch(store: Store, epoch_id: str, *, partitions: int, inactivity_gap_
     report = None
     consistent = state.consistent_ms()
     latest = _latest_change_ms(store)
+    # Complete stays complete only through full reconciliations; a store never fed before is complete.
+    complete = current.complete if current is not None else latest is None
     if latest is not None and (consistent is None or latest >= consistent):
         since = latest - window_ms if consistent is None else max(consistent, latest - window_ms)
         report = reconcile(store, since, partitions=partitions, inactivity_gap_ms=inactivity_gap_ms,
                            max_duration_ms=max_duration_ms)  # fmt: skip
+        if consistent is None:  # the whole history was reconciled, or not
+            complete = _earliest_change_ms(store) >= since
+        elif since != consistent:
+            complete = False
+        if not complete:
+            log.warning("the reconciliation reached back %d s, not to the last consistent point: sessions "
+                        "older than that are read back from their traces when they continue", window_ms // 1000)
     state.mark_consistent()
-    record = state.set_epoch(epoch_id)
+    record = state.set_epoch(epoch_id, complete=complete)
     log.info("store now fed from broker epoch %s", epoch_id)
     return record, report

@@ -26,10 +26,15 @@ STATE_TABLE: Final = "_tracehouse_state"
 
 @dataclass(frozen=True, slots=True)
 class EpochRecord:
-    """The broker epoch the store is fed from, and when it was first seen (store clock, ms)."""
+    """The broker epoch the store is fed from, and when it was first seen (store clock, ms).
+
+    ``complete``: when the epoch began, every stored session with traces had its record (the store was
+    consistent, or the reconciliation reached back to its consistent point). A session id the store has
+    no record for is then new: nothing stored before this epoch counts a trace of it."""
 
     id: str
     started_ms: int
+    complete: bool = False
 
 
 class StateTable:
@@ -57,11 +62,13 @@ class StateTable:
         if raw is None:
             return None
         value = orjson.loads(raw)
-        return EpochRecord(id=str(value["id"]), started_ms=int(value["started_ms"]))
+        return EpochRecord(id=str(value["id"]), started_ms=int(value["started_ms"]),
+                           complete=bool(value.get("complete", False)))  # fmt: skip
 
-    def set_epoch(self, epoch_id: str) -> EpochRecord:
-        record = EpochRecord(id=epoch_id, started_ms=self.now_ms())
-        self.set("epoch", orjson.dumps({"id": record.id, "started_ms": record.started_ms}).decode())
+    def set_epoch(self, epoch_id: str, *, complete: bool = False) -> EpochRecord:
+        record = EpochRecord(id=epoch_id, started_ms=self.now_ms(), complete=complete)
+        value = {"id": record.id, "started_ms": record.started_ms, "complete": record.complete}
+        self.set("epoch", orjson.dumps(value).decode())
         return record
 
     def consistent_ms(self) -> int | None:

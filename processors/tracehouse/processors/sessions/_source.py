@@ -11,6 +11,10 @@ read back here before the trace is folded, exactly:
   those ingested before the current epoch began, and those of this epoch read from offsets it has
   already folded (``traces.src_offset``). A stored trace it has not folded yet (the sink may be ahead)
   is left to the fold, which then counts it and emits its rollup fact.
+* a session id with **no record at all** is new when the epoch is ``complete`` (every stored session
+  had its record when it began, and eviction needs a stored record): its traces are not looked up.
+  This is the common case (every new session), and the lookup by session id in ``traces`` cost more
+  the bigger the table grew.
 
 Eviction is therefore allowed only once the store holds the session exactly
 (:meth:`StoreSource.confirm`): its closed record at the state's version, or, for a state without a
@@ -141,8 +145,11 @@ class StoreSource:
     def _sessions(self, records: dict[str, SessionRecord], ids: Sequence[str], folded: int) -> list[SessionState]:
         states = []
         refold = []
+        fresh_ids_are_new = self.epoch is not None and self.epoch.complete
         for sid in ids:
             record = records.get(sid)
+            if record is None and fresh_ids_are_new:
+                continue  # a new session
             state = from_record(record) if record is not None else None
             if state is not None:
                 states.append(state)
@@ -215,7 +222,8 @@ class StoreSource:
 
     def confirm(self, states: Sequence[SessionState], folded_offset: int) -> set[str]:
         """Which of these closed states (of one partition folded up to ``folded_offset``) the store holds
-        exactly, so that :meth:`load` gives them back."""
+        exactly, so that :meth:`load` gives them back. A session always needs its record at the state's
+        version (with its trace hashes, or, past ``MAX_SEALED_TURNS``, every trace it counted)."""
         with_record = [s for s in states if not s.hidden and s.turns <= MAX_SEALED_TURNS]
         counted = [s for s in states if s.hidden or s.turns > MAX_SEALED_TURNS]
         ok: set[str] = set()
@@ -227,6 +235,12 @@ class StoreSource:
                 {"ids": [s.session_id for s in chunk]},
             ))  # fmt: skip
             ok |= {s.session_id for s in chunk if int(stored.get(s.session_id, -1)) >= s.version}
+        long_records: dict[str, int] = {}
+        if long_ids := [s.session_id for s in counted if not s.hidden]:
+            long_records = {str(sid): int(v) for sid, v in self.store.query(
+                "SELECT session_id, max(version) FROM sessions WHERE session_id IN {ids:Array(String)} "
+                "GROUP BY session_id", {"ids": long_ids},
+            )}  # fmt: skip
         hidden = [s for s in counted if s.hidden]
         if hidden:
             rows = self.store.query(
@@ -244,5 +258,6 @@ class StoreSource:
                 {"ids": [s.session_id for s in long], "f": folded_offset},
             )
             stored_n = {str(sid): int(n) for sid, n in rows}
-            ok |= {s.session_id for s in long if stored_n.get(s.session_id, -1) == s.turns}
+            ok |= {s.session_id for s in long if stored_n.get(s.session_id, -1) == s.turns
+                   and long_records.get(s.session_id, -1) >= s.version}  # fmt: skip
         return ok
