@@ -393,3 +393,42 @@ def test_hole_reader_reads_exactly_the_range_faust_will_not_deliver(broker: Tans
             await reader.close()
 
     asyncio.run(main())
+
+
+def test_hole_reader_returns_what_a_range_with_an_offset_gap_holds(broker: TansuBroker, topics: Topics) -> None:
+    """Kafka offsets can skip (the soak met it on Tansu after a broker generation change): a read that
+    got to the end of its range returns the records there, gaps included, instead of waiting for
+    offsets that will never exist (the worker then gave up after 60 s and skipped real envelopes)."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+    from aiokafka.protocol.produce import ProduceRequest
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    from tracehouse.processors.sessions._holes import HoleReader
+
+    async def main() -> None:
+        await ensure_topics(broker.bootstrap, topics, partitions=1)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.traces, b"first", partition=0)
+            # One batch whose records sit at offset deltas 0 and 5: offsets 1 and 6, nothing at 2-5.
+            builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+            builder.append(0, None, None, b"a", [])
+            builder.append(5, None, None, b"b", [])
+            node = producer.client.cluster.leader_for_partition(TopicPartition(topics.traces, 0))
+            request = ProduceRequest(required_acks=-1, timeout=5000, transactional_id=None,
+                                     topics=[(topics.traces, [(0, bytes(builder.build()))])])  # fmt: skip
+            await producer.client.send(node, request)
+            await producer.send_and_wait(topics.traces, b"last", partition=0)
+        finally:
+            await producer.stop()
+        reader = HoleReader(broker.bootstrap)
+        try:
+            assert await reader.read(topics.traces, 0, 1, 7) == [(1, b"a"), (6, b"b")]
+            assert await reader.read(topics.traces, 0, 2, 6) == []  # the gap alone
+            assert await reader.read(topics.traces, 0, 0, 8) == [(0, b"first"), (1, b"a"), (6, b"b"), (7, b"last")]
+            assert await reader.read(topics.traces, 0, 8, 12, timeout_s=2) is None  # past the end
+        finally:
+            await reader.close()
+
+    asyncio.run(main())

@@ -197,8 +197,13 @@ class Sessionizer:
         records = await self._holes.read(message.topic, partition, start, offset)
         if records is None or self.folder.parts.get(partition) is not part:
             return False
-        log.warning("partition %d: folding offsets %d to %d, which faust did not deliver, from a read of their "
-                    "own (committed offset: %s)", partition, start, offset - 1, self._committed(partition))  # fmt: skip
+        if records:
+            log.warning("partition %d: folding %d envelopes at offsets %d to %d, which faust did not deliver, from "
+                        "a read of their own (committed offset: %s)", partition, len(records), start, offset - 1,
+                        self._committed(partition))  # fmt: skip
+        else:
+            log.info("partition %d: offsets %d to %d hold no records (a gap in the log)", partition, start,
+                     offset - 1)  # fmt: skip
         for record_offset, value in records:
             if not await self._fold_envelope(partition, record_offset, value):
                 return False
