@@ -147,6 +147,7 @@ def _traces(n: int, seed: int) -> list[Any]:
     return events[:n]
 
 
+@pytest.mark.timeout(1200)  # its own waits are bounded (120 s per kill's progress, 300 s to settle)
 def test_sigkills_of_the_sessionizer_and_the_sink_lose_and_duplicate_nothing(
     broker: TansuBroker, topics: Topics, tmp_path: Path, long_run: bool
 ) -> None:

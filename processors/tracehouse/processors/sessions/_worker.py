@@ -266,6 +266,7 @@ class Sessionizer:
 
         if part.fresh:
             part.fresh = False
+            source.forget_recorded()
             states = await asyncio.to_thread(source.open_sessions, partition, part.folded_offset)
             watermark = await asyncio.to_thread(source.watermark, partition)
             if not owned():
