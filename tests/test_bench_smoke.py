@@ -23,7 +23,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["quick"] is True
     assert report["errors"] == {}
-    assert set(report["stages"]) == {"sdk", "ingest", "soak", "queries", "memory"}
+    assert set(report["stages"]) == {"sdk", "ingest", "up", "soak", "queries", "memory"}
     assert report["machine"]["cores"] >= 1
     assert report["versions"]["mlflow"] == "3.17.2"
     # Every stage measured something real: traces went all the way through on both sides.
@@ -36,6 +36,13 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     assert soak["freshness_ms"]["n"] >= 1
     assert report["stages"]["sdk"]["tracehouse"]["added_p50_us"]["median"] > 0
     assert set(report["stages"]["queries"]["search"]) >= {"user", "session"}
+    up = report["stages"]["up"]
+    for run in [*(r for runs in up["paced"].values() for r in runs), *up["flat"]["runs"]]:
+        assert run["complete"], run["stored"]
+        assert run["up_exit_code"] == 0, run
+    paced = next(iter(up["paced"].values()))[0]
+    assert paced["freshness_ms"]["n"] >= 1, paced  # markers were found through the search API
+    assert report["stages"]["sdk"]["tracehouse"]["amortized_us"]["median"] > 0
     memory = report["stages"]["memory"]["runs"]
     assert set(memory) == {"zstd", "none"}
     for run in (run for runs in memory.values() for run in runs):
@@ -45,5 +52,5 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert md.startswith("# tracehouse benchmark report (quick mode")
     for figure in ("SDK cost per traced call", "End-to-end ingest", "Freshness", "Search, user", "Users table",
-                   "Session timeline", "Embedded broker memory"):  # fmt: skip
+                   "Session timeline", "Embedded broker memory", "`up` paced", "Through `tracehouse up`"):  # fmt: skip
         assert figure in md, figure
