@@ -74,8 +74,23 @@ async def _first_record(bootstrap: str, topic: str, timeout_s: float) -> str | N
             await consumer.stop()
 
 
+#: The longest a whole epoch read may take: every Kafka call in it is bounded, so a broker that stops
+#: answering (seen under heavy load) fails the read, which its callers retry, instead of hanging the
+#: sink's loop or the sessionizer's flush timer.
+READ_DEADLINE_S: Final = 60.0
+
+
 async def read_epoch(bootstrap: str, topic: str, *, create: bool = True, timeout_s: float = 15.0) -> str | None:
-    """The current epoch id; with ``create``, start one if the topic is empty (or missing)."""
+    """The current epoch id; with ``create``, start one if the topic is empty (or missing). Raises
+    :class:`EpochUnavailable` past :data:`READ_DEADLINE_S`."""
+    try:
+        async with asyncio.timeout(READ_DEADLINE_S):
+            return await _read_epoch(bootstrap, topic, create=create, timeout_s=timeout_s)
+    except TimeoutError:
+        raise EpochUnavailable(f"the epoch topic {topic} did not answer in {READ_DEADLINE_S:.0f}s") from None
+
+
+async def _read_epoch(bootstrap: str, topic: str, *, create: bool, timeout_s: float) -> str | None:
     await _ensure_topic(bootstrap, topic)
     found = await _first_record(bootstrap, topic, timeout_s)
     if found is not None or not create:
