@@ -280,6 +280,7 @@ def test_evicted_sessions_reload_exactly_when_they_reopen(tmp_path: Path) -> Non
         store.close()
 
 
+@pytest.mark.timeout(900)  # its own waits are bounded (rounds of 120 s, 60 s for the new generation)
 def test_broker_at_its_memory_limit_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
     """`up` with a small broker memory limit: past it, the broker is replaced by a new generation after
     a drain; sessions continue across it, status reports it, and everything sent is stored once."""
