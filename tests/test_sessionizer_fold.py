@@ -5,6 +5,7 @@ order, so the sink's marks (``advance_mark``) apply every trace's fact exactly o
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, Literal
 
@@ -267,6 +268,38 @@ def test_faust_never_commits_over_an_offset_that_was_not_acked(tmp_path: Path) -
 
     assert Consumer._new_offset(consumer([50, 51], committed=49), tp) is None  # 49 is missing
     assert Consumer._new_offset(consumer([49, 50, 51], committed=49), tp) == 52
+
+
+def test_offsets_faust_dropped_below_the_restored_state_are_acked_so_commits_go_on(tmp_path: Path) -> None:
+    """faust can drop the records it fetched while seeking after table recovery (faust-streaming#596).
+    When they lie below the offset the restored state was folded through, no hole shows, but faust's
+    commit would wait for their acks for ever (its guard above): a flush acks every offset from the
+    committed one through what it persisted, and nothing past it."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+
+    w = _restored(tmp_path, folded_through=48)
+    tp = TP(w._traces.get_topic_name(), 0)
+    books: Any = SimpleNamespace(_committed_offset={tp: 41}, _acked=defaultdict(list), _acked_index=defaultdict(set),
+                                 _gap=defaultdict(list), _n_acked=0)  # fmt: skip
+    w.app.consumer = books
+    for offset in (45, 46, 47, 48):  # 41 to 44 were dropped by faust; these were delivered and acked
+        assert w._contiguous(0, offset)  # no hole: they are below what the restored state folded
+    books._acked[tp], books._acked_index[tp] = [45, 46, 47, 48], {45, 46, 47, 48}
+    assert Consumer._new_offset(books, tp) is None  # without the fix, stuck at 41 for ever
+    books._acked[tp], books._acked_index[tp] = [45, 46, 47, 48], {45, 46, 47, 48}
+    asyncio.run(w.flush())
+    assert sorted(books._acked[tp]) == list(range(41, 49))  # 41 to 48: persisted; 49 is not folded
+    assert Consumer._new_offset(books, tp) == 49
+
+    w.fold(0, [line(3, T0 + 2 * MIN, "u", "s")], offset=49)  # folded, not yet flushed
+    books._committed_offset[tp] = 49
+    books._acked[tp], books._acked_index[tp] = [], set()
+    w._ack_folded({0: 48}, dict(w._generation))  # what the last flush persisted
+    assert books._acked[tp] == []
 
 
 def test_restored_sessions_have_their_records_emitted_again(tmp_path: Path) -> None:

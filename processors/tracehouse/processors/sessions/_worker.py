@@ -105,8 +105,6 @@ class Sessionizer:
         self.epoch: str | None = None
         self._epoch_checked = 0.0
         self._holes = HoleReader(config.bootstrap)
-        #: ``(partition, generation, offsets)`` folded by ``_fill_hole``, acked with the next flush.
-        self._filled: list[tuple[int, int, range]] = []
         self._generation: dict[int, int] = {}
         self._pending: list[Any] = []  # faust EventT, acked after their state is flushed
         self._flush_lock = asyncio.Lock()
@@ -189,14 +187,13 @@ class Sessionizer:
         """An envelope arrived past the offset the state was folded up to, and faust will not deliver
         the ones in between: it restored an older state than the previous owner committed (they are
         below the committed offset), or it lost a record in its recovery seek (faust-streaming#596).
-        Read them outside faust (``_holes``) and fold them first; they are acked with the next flush.
-        ``False`` if they could not be read (the caller seeks back and waits)."""
+        Read them outside faust (``_holes``) and fold them first; the next flush acks them
+        (:meth:`_ack_folded`). ``False`` if they could not be read (the caller seeks back and waits)."""
         partition, offset = message.partition, message.offset
         part = self.folder.parts.get(partition)
         if part is None:
             return False
         start = part.folded_offset + 1
-        generation = self._generation.get(partition, 0)
         records = await self._holes.read(message.topic, partition, start, offset)
         if records is None or self.folder.parts.get(partition) is not part:
             return False
@@ -210,25 +207,31 @@ class Sessionizer:
         for record_offset, value in records:
             if not await self._fold_envelope(partition, record_offset, value):
                 return False
-        self._filled.append((partition, generation, range(start, offset)))
         self.stats.offset_holes_filled += 1
         part.hole = None
         return True
 
-    def _ack_filled(self, filled: list[tuple[int, int, range]], generations: dict[int, int]) -> None:
-        """Ack, in faust's books, the offsets folded by :meth:`_fill_hole` (their state was just
-        flushed): a commit may then pass them. Those below the committed offset need nothing."""
+    def _ack_folded(self, folded: dict[int, int], generations: dict[int, int]) -> None:
+        """Ack, in faust's books, the offsets from the committed one up to what the flush just persisted
+        (``folded``: each partition's folded offset at its snapshot) that faust never acked: a commit
+        may then pass them. They are in the flushed state, whether faust delivered them or not: read
+        by :meth:`_fill_hole`, or restored from the changelog while faust dropped their records in its
+        recovery seek (faust-streaming#596; then no hole shows, as they are below the folded offset,
+        but faust's commit would wait for them for ever)."""
         from faust.types import TP
 
         consumer: Any = self.app.consumer
-        for partition, generation, offsets in filled:
-            if self._generation.get(partition, 0) != generation or generations.get(partition, 0) != generation:
+        for partition, upto in folded.items():
+            if self._generation.get(partition, 0) != generations.get(partition, 0):
                 continue  # revoked meanwhile: the next owner replays them
             tp = TP(self._traces.get_topic_name(), partition)
-            committed = consumer._committed_offset[tp]
+            committed = consumer._committed_offset.get(tp)
             index, acked = consumer._acked_index[tp], consumer._acked[tp]
-            for offset in offsets:
-                if (committed is None or offset >= committed) and offset not in index:
+            if committed is None:
+                continue
+            end = min(min(acked), upto + 1) if acked else upto + 1
+            for offset in range(committed, end):
+                if offset not in index:
                     index.add(offset)
                     acked.append(offset)
                     consumer._n_acked += 1
@@ -377,10 +380,12 @@ class Sessionizer:
         evictions = await self._confirm_evictions()
         parts = self.folder.parts.values()
         if not self._pending and not any(p.dirty or p.outbox for p in parts) and not evictions:
+            # nothing unflushed: every partition's folded offset is persisted (faust may commit again now)
+            self._ack_folded({p: part.folded_offset for p, part in self.folder.parts.items()}, dict(self._generation))
             return
         pending, self._pending = self._pending, []
-        filled, self._filled = self._filled, []  # folded before this snapshot: flushed by it
         generations = dict(self._generation)
+        folded = {p: part.folded_offset for p, part in self.folder.parts.items()}  # what this snapshot holds
         batches = self._snapshot(evictions)
         if batches:
             emitter = Emitter(
@@ -395,8 +400,7 @@ class Sessionizer:
             p = event.message.partition
             if self._generation.get(p, 0) == generations.get(p, 0):
                 event.ack()
-        if filled:
-            self._ack_filled(filled, generations)
+        self._ack_folded(folded, generations)
         self.stats.flushes += 1
 
     async def _on_timer(self) -> None:
