@@ -393,6 +393,34 @@ def test_offsets_are_not_committed_while_the_insert_fails(
     assert count(store, "SELECT count() FROM spans") == 180
 
 
+def test_a_hold_stops_each_partition_exactly_at_its_cut(
+    broker: TansuBroker, topics: Topics, store: Store, store_uri: str
+) -> None:
+    """``Sink.hold`` (the cut ``tracehouse up`` drains to before a new broker generation): nothing at
+    or past the cut is written or committed, everything below it is, and ``caught_up`` counts the
+    cut as the end."""
+    lines = [make_trace(i) for i in range(120)]
+    envelopes = envelopes_of(lines, 6)  # 20 envelopes: 10 per partition
+    cut = {0: 4, 1: 7}
+
+    async def main() -> None:
+        await create_topics(broker.bootstrap, topics, 2)
+        await publish(broker.bootstrap, topics.traces, [(n % 2, e) for n, e in enumerate(envelopes)])
+        sink = Sink(config(broker, topics, store_uri), store)
+        sink.hold({(topics.traces, p): o for p, o in cut.items()})
+        async with running(sink):
+            await eventually(sink.caught_up, what="caught up to the cut")
+            assert sink.positions(topics.traces) == {0: 10, 1: 10}  # the broker holds more than was taken
+            await asyncio.sleep(1.0)  # more batches would have aged and flushed by now
+            assert sink.committed_offsets() == {(topics.traces, p): o for p, o in cut.items()}
+        assert await group_committed(broker.bootstrap, topics.traces, 2, group_of(topics)) == cut
+
+    asyncio.run(main())
+    below = {trace_id(i) for n in range(20) if n // 2 < cut[n % 2] for i in range(n * 6, n * 6 + 6)}
+    assert {r[0] for r in store.query("SELECT trace_id FROM traces")} == below
+    assert len(below) == (4 + 7) * 6
+
+
 def _one_partition_stream(n_envelopes: int, per: int) -> list[tuple[int | None, bytes]]:
     lines = [make_trace(i) for i in range(n_envelopes * per)]
     return [(0, env) for env in envelopes_of(lines, per)]

@@ -90,16 +90,40 @@ class Sink:
 
     def caught_up(self) -> bool:
         """True when every assigned partition has committed up to the high watermark its last fetch
-        reported: everything the broker held then is in ClickHouse. (Fetch high watermarks, unlike
-        Tansu's ListOffsets answers, are exact.)"""
+        reported (or up to its hold, if lower): everything the broker held then is in ClickHouse.
+        (Fetch high watermarks, unlike Tansu's ListOffsets answers, are exact.)"""
         state = self._state
         if state.consumer is None or not state.parts:
             return False
         for key, part in state.parts.items():
-            highwater = state.consumer.highwater(part.tp)
-            if highwater is None or state.committed.get(key, 0) < highwater:
+            target = state.consumer.highwater(part.tp)
+            if (hold := state.holds.get(key)) is not None:
+                target = hold if target is None else min(target, hold)
+            if target is None or state.committed.get(key, 0) < target:
                 return False
         return True
+
+    def positions(self, topic: str) -> dict[int, int] | None:
+        """Per assigned partition of ``topic``: the offset past everything this sink has taken,
+        committed or seen its broker hold (the last fetch's high watermark). ``None`` while a partition
+        is not pinned yet (its position is unknown)."""
+        state = self._state
+        found: dict[int, int] = {}
+        for (t, p), part in state.parts.items():
+            if t != topic:
+                continue
+            if not part.pinned or part.lost or state.consumer is None:
+                return None
+            highwater = state.consumer.highwater(part.tp)
+            found[p] = max(part.next_offset or 0, state.committed.get((t, p), 0), highwater or 0)
+        return found
+
+    def hold(self, offsets: Mapping[Partition, int]) -> None:
+        """Take no record at or past ``offsets[(topic, partition)]`` from now on: the partition is
+        paused there, and what was taken below it is written and committed as usual (a cut, see
+        ``tracehouse.app.embedded._processors``). Call it between two steps of the loop (from the
+        loop's thread, without awaiting in between) so that nothing past the cut is taken."""
+        self._state.holds.update(offsets)
 
     async def wait_committed(self, offsets: Mapping[Partition, int], timeout_s: float | None = None) -> bool:
         """Wait until the record at each ``(topic, partition) -> offset`` is stored and committed by
@@ -277,10 +301,14 @@ class Sink:
         """Steps *ledger* and *decode* for consecutive records of one partition, flushing when a batch
         is full. On a failure the partition is rewound to the first record not taken."""
         state = self._state
+        key = (part.tp[0], part.tp[1])
         for i, rec in enumerate(records):
             offset: int = rec.offset
             if part.next_offset is not None and offset < part.next_offset:
                 continue  # already taken (re-delivered after a rewind)
+            if (hold := state.holds.get(key)) is not None and offset >= hold:  # read per record: set any time
+                state.pause(part, offset)  # the cut: the rest of the partition is not this sink's
+                return
             if part.retry_at is not None:
                 state.pause(part, offset)
                 return

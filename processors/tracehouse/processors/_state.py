@@ -123,6 +123,9 @@ class SinkState:
     epoch_ok: bool = False
     epoch_failures: int = 0
     epoch_retry_at: float | None = None
+    #: Partitions the sink takes records of only below an offset (``Sink.hold``): a cut both
+    #: processors of ``tracehouse up`` stop at before a broker generation ends.
+    holds: dict[Partition, int] = field(default_factory=dict)
 
     @property
     def scope(self) -> str:
