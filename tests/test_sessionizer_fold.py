@@ -311,3 +311,34 @@ def test_restored_sessions_have_their_records_emitted_again(tmp_path: Path) -> N
     assert [orjson.loads(r)["session_id"] for r in batch.records] == ["s"]
     assert batch.changelog == []  # the state itself is already in the changelog
     assert w._snapshot() == []  # once
+
+
+def test_a_hold_folds_exactly_up_to_the_cut(tmp_path: Path) -> None:
+    """``Sessionizer.hold`` (the cut ``tracehouse up`` drains to before a new broker generation): the
+    agent folds the events below the cut, neither folds nor acks the rest, and says when it reached
+    the cut. (faust's stream is replaced by the events it would deliver.)"""
+    from types import SimpleNamespace
+
+    from tracehouse.schemas import encode_envelope
+
+    w = worker(tmp_path)
+    w.epoch = "epoch"  # entered already (reading it needs a broker)
+    events = [SimpleNamespace(message=SimpleNamespace(partition=0, offset=n, topic="traces"),
+                              value=encode_envelope([line(n, T0 + n * MIN, "u", "s")])) for n in range(10)]  # fmt: skip
+
+    class Stream:
+        def noack(self) -> Stream:
+            return self
+
+        async def events(self) -> Any:
+            for event in events:
+                yield event
+
+    w.hold({0: 6})
+    assert not w.reached({0: 6})
+    asyncio.run(w._agent(Stream()))
+    assert w.positions() == {0: 6}
+    assert w.reached({0: 6})
+    assert [e.message.offset for e in w._pending] == [0, 1, 2, 3, 4, 5]  # acked with the next flush
+    (record,) = [orjson.loads(r) for b in w._snapshot() for r in b.records]
+    assert record["turns"] == 6

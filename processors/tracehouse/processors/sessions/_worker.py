@@ -106,6 +106,8 @@ class Sessionizer:
         self._epoch_checked = 0.0
         self._holes = HoleReader(config.bootstrap)
         self._generation: dict[int, int] = {}
+        #: The cut (``hold``): per partition, the first offset this worker will not fold.
+        self._holds: dict[int, int] = {}
         self._pending: list[Any] = []  # faust EventT, acked after their state is flushed
         self._flush_lock = asyncio.Lock()
         topics = config.topics
@@ -162,6 +164,8 @@ class Sessionizer:
             if stats.first_envelope_at is None:
                 stats.first_envelope_at = now
             message = event.message
+            if (hold := self._holds.get(message.partition)) is not None and message.offset >= hold:
+                continue  # past the cut: neither folded nor acked
             if self.epoch is None:
                 await self.enter_epoch()
             if not self._contiguous(message.partition, message.offset) and not await self._fill_hole(message):
@@ -235,6 +239,22 @@ class Sessionizer:
                     index.add(offset)
                     acked.append(offset)
                     consumer._n_acked += 1
+
+    # ------------------------------------------------------------------------------------- the cut
+
+    def positions(self) -> dict[int, int]:
+        """Per partition this worker folds: the first offset it has not folded."""
+        return {p: part.folded_offset + 1 for p, part in self.folder.parts.items()}
+
+    def hold(self, offsets: dict[int, int]) -> None:
+        """Fold nothing at or past ``offsets[partition]`` from now on (those events are not acked
+        either): a cut the sink of ``tracehouse up`` stops at too (``Sink.hold``)."""
+        self._holds.update(offsets)
+
+    def reached(self, offsets: dict[int, int]) -> bool:
+        """Whether everything below ``offsets[partition]`` is folded, on every partition."""
+        parts = self.folder.parts
+        return all(o <= 0 or (p in parts and parts[p].folded_offset + 1 >= o) for p, o in offsets.items())
 
     # ------------------------------------------------------------------------------- epoch and store
 
