@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +149,15 @@ async def _up(opts: UpOptions) -> None:
             log.warning("the embedded broker holds %.0f MiB (limit %.0f MiB): starting a new broker generation",
                         memory.rss or 0, memory.limit_mib)  # fmt: skip
             gateway.pause("the embedded broker is being replaced (memory limit)", retry_after_s=5)
-            drained, _ = await processors.stop(opts.drain_timeout)
+            started = time.monotonic()
+            drained, _ = await processors.stop_at_cut(opts.drain_timeout)
             if not drained:
                 log.error("the drain before the new generation timed out; what was not stored is reconciled")
-            broker.stop()
+            else:
+                log.info("drained to the cut in %.1f s", time.monotonic() - started)
+            # Drained (or given up on): nothing left to read. Tansu waits 5 s for its clients on SIGTERM,
+            # and every second here is one more the SDKs' replay must reach back.
+            broker.stop(timeout=1.0 if drained else 5.0)
             broker = new_broker()
             await ensure_topics(broker.bootstrap, topics, opts.partitions)
             processors = EmbeddedProcessors(broker.bootstrap, topics, store, options)

@@ -5,6 +5,19 @@ A drain stores everything the broker holds, in this order: the sink catches up o
 sessionizer's final flush emits the last session records and facts, the sink catches up on those.
 When it succeeds, sessions and rollups equal the stored traces, and the store is marked consistent:
 the next start (or broker generation) has nothing to reconcile.
+
+Two kinds of drain:
+
+- **to quiet** (:meth:`EmbeddedProcessors.stop`, when ``up`` stops): until nothing new has arrived for
+  :data:`QUIET_S`, so an app still writing while ``up`` stops is drained too, up to the time limit.
+- **to a cut** (:meth:`EmbeddedProcessors.stop_at_cut`, before a new broker generation): apps that
+  write to the broker directly cannot be paused, so under sustained load "quiet" never comes (the
+  30-minute soak ran into the limit, and what it had not drained was lost). Instead both processors
+  stop at one offset per ``traces.v1`` partition, taken at once (no await between reading their
+  positions and setting the cut): everything the broker held at that moment is stored, the sink and
+  the sessionizer have taken exactly the same traces, so the store is consistent, and it takes
+  seconds. What apps wrote past the cut goes with the old broker; the SDKs re-send it to the new one
+  (their replay window, ``producers/_replay.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from tracehouse.schemas import Topics
 
 if TYPE_CHECKING:
     from tracehouse.processors import Sink, SinkStats
+    from tracehouse.processors.sessions import Sessionizer
     from tracehouse.storage import Store
 
 log = logging.getLogger("tracehouse.up")
@@ -43,6 +57,7 @@ class EmbeddedProcessors:
     def __init__(self, bootstrap: str, topics: Topics, store: Store, options: ProcessorOptions) -> None:
         self.bootstrap, self.topics, self.store, self.options = bootstrap, topics, store, options
         self.sink: Sink | None = None
+        self.sessionizer: Sessionizer | None = None
         self.tasks: list[asyncio.Task[Any]] = []
         self._sessions_stop = asyncio.Event()
         self.group = ""
@@ -50,7 +65,7 @@ class EmbeddedProcessors:
 
     async def start(self) -> None:
         from tracehouse.processors import Sink, SinkConfig
-        from tracehouse.processors.sessions import SessionizerConfig, run_sessionizer
+        from tracehouse.processors.sessions import Sessionizer, SessionizerConfig, run_sessionizer
 
         o = self.options
         config = SinkConfig.resolve(
@@ -68,9 +83,10 @@ class EmbeddedProcessors:
         self._sessions_stop = asyncio.Event()
         # The sessionizer shares the store: it continues the sessions a previous generation left open,
         # and reloads the ones it evicted when they get a late turn.
+        self.sessionizer = Sessionizer(sessionizer, self.store)
         self.tasks = [
             asyncio.create_task(self.sink.run(), name="tracehouse-sink"),
-            asyncio.create_task(run_sessionizer(sessionizer, self._sessions_stop, store=self.store),
+            asyncio.create_task(run_sessionizer(sessionizer, self._sessions_stop, sessionizer=self.sessionizer),
                                 name="tracehouse-sessionizer"),
         ]
 
@@ -102,14 +118,59 @@ class EmbeddedProcessors:
             await asyncio.sleep(0.1)
         return False
 
-    async def stop(self, limit_s: float) -> tuple[bool, SinkStats | None]:
-        """Drain (see the module docstring), stop both, and mark the store consistent if drained."""
+    def _cut(self) -> dict[int, int] | None:
+        """Set the cut on both processors and return it (``None`` while a partition's position is not
+        known yet). No await here: neither processor moves between reading positions and the hold."""
+        sink, worker = self.sink, self.sessionizer
+        assert sink is not None
+        assert worker is not None
+        taken = sink.positions(self.topics.traces)
+        if taken is None or len(taken) < self.options.partitions:
+            return None
+        folded = worker.positions()
+        cut = {p: max(taken.get(p, 0), folded.get(p, 0)) for p in taken.keys() | folded.keys()}
+        sink.hold({(self.topics.traces, p): o for p, o in cut.items()})
+        worker.hold(cut)
+        return cut
+
+    async def stop_at_cut(self, limit_s: float) -> tuple[bool, SinkStats | None]:
+        """Drain to a cut (see the module docstring), stop both, mark the store consistent if drained.
+        Falls back to :meth:`stop` while the sink has not pinned every partition yet."""
+        import tracehouse.producers as sdk
+
+        sink, worker = self.sink, self.sessionizer
+        if sink is None or worker is None:
+            return False, None
+        await asyncio.to_thread(sdk.flush, 10.0)  # this process's own events: acknowledged before the cut
+        deadline = time.monotonic() + limit_s
+        cut = self._cut()
+        while cut is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            cut = self._cut()
+        if cut is None:
+            return await self.stop(max(1.0, deadline - time.monotonic()))
+        log.info("draining to the cut %s (offsets of %s)", dict(sorted(cut.items())), self.topics.traces)
+        committed = sink.committed_offsets
+
+        def reached() -> bool:
+            done = committed()
+            return worker.reached(cut) and all(done.get((self.topics.traces, p), 0) >= o for p, o in cut.items())
+
+        while time.monotonic() < deadline:  # the sink's batches age 0.5 s; the sessionizer flushes each 1 s
+            if reached():
+                break
+            await asyncio.sleep(0.05)
+        return await self.stop(max(1.0, deadline - time.monotonic()), reached=reached())
+
+    async def stop(self, limit_s: float, *, reached: bool | None = None) -> tuple[bool, SinkStats | None]:
+        """Drain (see the module docstring), stop both, and mark the store consistent if drained.
+        ``reached``: a cut was set, and reached or not (``stop_at_cut``); the traces need no drain."""
         from tracehouse.storage import StateTable
 
         sink = self.sink
         if sink is None:
             return False, None
-        drained = await self._caught_up(limit_s)
+        drained = reached if reached is not None else await self._caught_up(limit_s)
         self._sessions_stop.set()
         try:
             await asyncio.wait_for(self.tasks[1], limit_s)
@@ -122,5 +183,5 @@ class EmbeddedProcessors:
             await self.tasks[0]
         if drained:  # sessions and rollups now equal the stored traces: nothing to reconcile next time
             await asyncio.to_thread(StateTable(self.store).mark_consistent)
-        self.sink = None
+        self.sink = self.sessionizer = None
         return drained, sink.stats()
