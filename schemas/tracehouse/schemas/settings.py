@@ -282,7 +282,7 @@ REPLAY_WINDOW_S: Final = _declare(
     "`tracehouse up` does near its memory limit); `0` turns replay off.", _seconds, "sdk",
 )  # fmt: skip
 REPLAY_MAX_BYTES: Final = _declare(
-    "TRACEHOUSE_REPLAY_MAX_BYTES", 16 * 1024 * 1024,
+    "TRACEHOUSE_REPLAY_MAX_BYTES", 64 * 1024 * 1024,
     "At most this many bytes of acknowledged envelopes are kept for replay (the oldest go first; under "
     "heavy traffic this cap, not the window, decides how far back a replay reaches); `0` turns replay off.",
     _count, "sdk",
