@@ -333,6 +333,8 @@ def test_a_new_broker_generation_under_sustained_sdk_writes_loses_nothing(tmp_pa
     `up` replaces its broker at the memory limit: `up` drains to a cut instead of waiting for a quiet
     that never comes, the SDK re-sends what the old broker took past the cut, and every trace is stored
     once with sessions and rollups exact, without a reconciliation."""
+    import httpx
+
     import tracehouse
 
     @tracehouse.trace
@@ -364,6 +366,12 @@ def test_a_new_broker_generation_under_sustained_sdk_writes_loses_nothing(tmp_pa
         assert tracehouse.flush(timeout=120) is True
         stats = tracehouse.stats()
         wait_for(lambda: set(sent) <= up.stored_ids(), 180, "every trace sent stored")
+        # Read-your-writes through the gateway waits on the new generation's sink, not the stopped one.
+        tagged = sent[-1]
+        r = httpx.patch(f"{up.url}/api/2.0/mlflow/traces/{tagged}/tags", json={"key": "k", "value": "v"}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = httpx.get(f"{up.url}/api/3.0/mlflow/traces/get", params={"trace_id": tagged}, timeout=60).json()
+        assert got["trace"]["trace_info"]["tags"]["k"] == "v"
     finally:
         tracehouse.shutdown(timeout=5.0)
         up.stop()
@@ -373,6 +381,7 @@ def test_a_new_broker_generation_under_sustained_sdk_writes_loses_nothing(tmp_pa
     assert "drained to the cut" in log, log
     assert "timed out" not in log, log
     assert "reconciled" not in log, log  # the store was consistent at the switch
+    assert "read-your-writes wait timed out" not in log, log
     assert stats.dropped == 0
     assert stats.replayed > 0  # the old broker took envelopes past the cut: they were sent again
     with Store(f"chdb://{tmp_path / 'data' / 'chdb'}") as store:

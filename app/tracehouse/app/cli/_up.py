@@ -101,10 +101,11 @@ async def _up(opts: UpOptions) -> None:
         await processors.start()
         memory = BrokerMemory(pid=lambda: broker.pid, limit_mib=opts.broker_memory_limit_mb)
 
-        # MLflow clients and OTLP exporters write through the gateway; reads wait on this process's sink.
+        # MLflow clients and OTLP exporters write through the gateway; reads wait on this process's sink:
+        # the current generation's (``processors`` is looked up at each wait, not bound once).
         gateway = Gateway(
             GatewayConfig.resolve(bootstrap=broker.bootstrap, topic_prefix=prefix, sink_group=processors.group),
-            commit_waiter=sink_waiter(processors.wait_committed),
+            commit_waiter=sink_waiter(lambda offsets, timeout_s: processors.wait_committed(offsets, timeout_s)),
         )
         await gateway.start()
         kafka = KafkaTarget(broker.bootstrap, topics, processors.group, processors.sessionizer_group)
