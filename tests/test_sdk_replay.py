@@ -67,3 +67,16 @@ def test_envelopes_are_packed_again_for_a_topic_with_another_partition_count() -
             seen.append(trace_id)
     assert sorted(seen) == sorted(e["trace_id"] for e in events)
     assert repack(old, [0, 1, 2, 3], max_bytes=2048) is old  # same count: unchanged
+
+
+def test_a_fresh_partition_race_is_retried_and_a_refusal_is_not() -> None:
+    """Tansu answers UNKNOWN_SERVER_ERROR when two produces race to write a fresh partition's first
+    batch (seen at a new broker generation under load): the batch was not written, so the SDK sends it
+    again. A refusal that will not pass (a message too large) is still final."""
+    from aiokafka import errors
+
+    from tracehouse.producers._publisher import _retriable
+
+    assert _retriable(errors.UnknownError())
+    assert _retriable(errors.KafkaConnectionError())
+    assert not _retriable(errors.MessageSizeTooLargeError())

@@ -88,8 +88,12 @@ def _retriable(exc: BaseException) -> bool:
 
     if isinstance(exc, OSError | TimeoutError):
         return True
+    # UnknownError (UNKNOWN_SERVER_ERROR): Tansu answers it when two produce requests race to write the
+    # first batch of a fresh partition (its log: "AlreadyExists ... 00000000000000000000.batch"), as
+    # happens when `up` starts a new broker generation and every client writes at once; the batch was
+    # not written, and a retry succeeds.
     passing = (errors.KafkaTimeoutError, errors.KafkaConnectionError, errors.ProducerClosed,
-               errors.RequestTimedOutError, errors.NodeNotReadyError)  # fmt: skip
+               errors.RequestTimedOutError, errors.NodeNotReadyError, errors.UnknownError)  # fmt: skip
     if isinstance(exc, passing):
         return True
     return isinstance(exc, errors.KafkaError) and bool(getattr(exc, "retriable", False))
