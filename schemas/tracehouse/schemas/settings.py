@@ -231,8 +231,10 @@ BUFFER_SIZE: Final = _declare(
     "counted (`tracehouse.stats().dropped`).", _count, "sdk",
 )  # fmt: skip
 LINGER_MS: Final = _declare(
-    "TRACEHOUSE_LINGER_MS", 10.0,
-    "How long the publisher waits after the first event of a batch to gather more, in milliseconds.",
+    "TRACEHOUSE_LINGER_MS", 100.0,
+    "How long the publisher waits after the first event of a batch to gather more, in milliseconds (while "
+    "fewer than 512 events wait). Fewer, larger record batches cost the broker less: Tansu's fetches "
+    "slow down with the number of batches it holds (docs/performance.md).",
     _milliseconds, "sdk",
 )  # fmt: skip
 MAX_ENVELOPE_BYTES: Final = _declare(
