@@ -34,12 +34,18 @@ HERE = Path(__file__).resolve().parent
 PROBE_USER = "freshness-probe"
 
 
+_LAST_CPU: dict[int, float] = {}
+
+
 def _cpu(proc: Any) -> float:
+    """CPU seconds of ``proc`` so far; once it has exited, the last value read (not 0: a difference
+    against an earlier reading would come out negative, as one flat-out run's app figure did)."""
     try:
         t = proc.cpu_times()
-        return float(t.user + t.system)
+        _LAST_CPU[proc.pid] = float(t.user + t.system)
     except Exception:
-        return 0.0
+        pass
+    return _LAST_CPU.get(proc.pid, 0.0)
 
 
 class _Up:
