@@ -26,9 +26,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tracehouse.schemas import Topics
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracehouse.up")
 #: How long the sink must stay caught up, with no new record, for a drain to be complete.
 QUIET_S = 1.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +144,7 @@ class EmbeddedProcessors:
             return False, None
         await asyncio.to_thread(sdk.flush, 10.0)  # this process's own events: acknowledged before the cut
         deadline = time.monotonic() + limit_s
-        cut = self._cut()
-        while cut is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            cut = self._cut()
+        cut = await _poll(self._cut, deadline)
         if cut is None:
             return await self.stop(max(1.0, deadline - time.monotonic()))
         log.info("draining to the cut %s (offsets of %s)", dict(sorted(cut.items())), self.topics.traces)
@@ -156,11 +154,8 @@ class EmbeddedProcessors:
             done = committed()
             return worker.reached(cut) and all(done.get((self.topics.traces, p), 0) >= o for p, o in cut.items())
 
-        while time.monotonic() < deadline:  # the sink's batches age 0.5 s; the sessionizer flushes each 1 s
-            if reached():
-                break
-            await asyncio.sleep(0.05)
-        return await self.stop(max(1.0, deadline - time.monotonic()), reached=reached())
+        # the sink's batches age 0.5 s; the sessionizer flushes each 0.5-1 s
+        return await self.stop(max(1.0, deadline - time.monotonic()), reached=bool(await _poll(reached, deadline)))
 
     async def stop(self, limit_s: float, *, reached: bool | None = None) -> tuple[bool, SinkStats | None]:
         """Drain (see the module docstring), stop both, and mark the store consistent if drained.
@@ -185,3 +180,13 @@ class EmbeddedProcessors:
             await asyncio.to_thread(StateTable(self.store).mark_consistent)
         self.sink = self.sessionizer = None
         return drained, sink.stats()
+
+
+async def _poll(check: Callable[[], T | None], deadline: float) -> T | None:
+    """``check()`` every 50 ms until it returns something truthy or ``deadline`` (monotonic) passes;
+    its last answer."""
+    result = check()
+    while not result and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        result = check()
+    return result

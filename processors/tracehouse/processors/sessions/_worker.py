@@ -215,6 +215,10 @@ class Sessionizer:
         part.hole = None
         return True
 
+    def _folded(self) -> dict[int, int]:
+        """Per partition: the offset folded through (what a flush of now persists)."""
+        return {p: part.folded_offset for p, part in self.folder.parts.items()}
+
     def _ack_folded(self, folded: dict[int, int], generations: dict[int, int]) -> None:
         """Ack, in faust's books, the offsets from the committed one up to what the flush just persisted
         (``folded``: each partition's folded offset at its snapshot) that faust never acked: a commit
@@ -244,7 +248,7 @@ class Sessionizer:
 
     def positions(self) -> dict[int, int]:
         """Per partition this worker folds: the first offset it has not folded."""
-        return {p: part.folded_offset + 1 for p, part in self.folder.parts.items()}
+        return {p: offset + 1 for p, offset in self._folded().items()}
 
     def hold(self, offsets: dict[int, int]) -> None:
         """Fold nothing at or past ``offsets[partition]`` from now on (those events are not acked
@@ -401,11 +405,11 @@ class Sessionizer:
         parts = self.folder.parts.values()
         if not self._pending and not any(p.dirty or p.outbox for p in parts) and not evictions:
             # nothing unflushed: every partition's folded offset is persisted (faust may commit again now)
-            self._ack_folded({p: part.folded_offset for p, part in self.folder.parts.items()}, dict(self._generation))
+            self._ack_folded(self._folded(), dict(self._generation))
             return
         pending, self._pending = self._pending, []
         generations = dict(self._generation)
-        folded = {p: part.folded_offset for p, part in self.folder.parts.items()}  # what this snapshot holds
+        folded = self._folded()  # what this snapshot holds
         batches = self._snapshot(evictions)
         if batches:
             emitter = Emitter(
