@@ -25,13 +25,14 @@ from tracehouse.schemas.kafka import pack, partition_for, partition_key
 PARTITIONS = 4
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(check: Callable[[], bool], timeout: float, what: str, context: Callable[[], str] | None = None) -> None:
+    """Poll ``check`` until it holds; on timeout fail with ``what`` and, if given, ``context()`` (a log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{context()}" if context else ""))
 
 
 @dataclass

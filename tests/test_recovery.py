@@ -306,17 +306,14 @@ def test_broker_at_its_memory_limit_is_replaced_and_nothing_is_lost(tmp_path: Pa
             events = talk.round(base + r * MIN, turns=(20, 30))
             publish(up.bootstrap, events)
             sent.update(e.trace_id for e in events)
-            wait_for(lambda: sent <= up.stored_ids(), 120, f"round {r} stored")
-            broker = status()["broker"]
-            assert isinstance(broker, dict)
-            if broker["rss_mib"] is not None and broker["rss_mib"] >= 24:
-                wait_for(lambda: generations() >= 1, 60, "a new broker generation")
+            wait_for(lambda: sent <= up.stored_ids(), 120, f"round {r} stored", up.log)
+            if generations() >= 1:  # one switch is the point; more only slow the test down
                 break
         assert generations() >= 1, up.log()
         after = talk.round(base + 20 * MIN, turns=(2, 3))  # to the new generation, same sessions
         publish(up.bootstrap, after)
         sent.update(e.trace_id for e in after)
-        wait_for(lambda: sent <= up.stored_ids(), 120, "the round after the new generation stored")
+        wait_for(lambda: sent <= up.stored_ids(), 120, "the round after the new generation stored", up.log)
         # Read-your-writes through the gateway waits on the new generation's sink, not the stopped one.
         tagged = after[-1].trace_id
         patched = httpx.patch(f"{up.url}/api/2.0/mlflow/traces/{tagged}/tags", json={"key": "k", "value": "v"},
@@ -402,3 +399,61 @@ def test_a_new_broker_generation_under_sustained_sdk_writes_loses_nothing(tmp_pa
     with Store(f"chdb://{tmp_path / 'data' / 'chdb'}") as store:
         assert set(stored_traces(store)) == set(sent)
         assert_exact(store, PARTITIONS)
+
+
+@pytest.mark.timeout(300)
+def test_a_cut_lets_a_producer_finish_its_batch_first(tmp_path: Path) -> None:
+    """The drain before a new broker generation, while a plain Kafka producer (which cannot re-send
+    what lands past a cut) is still sending: the broker settles first, so its whole batch is in the cut
+    and stored, and the store is marked consistent. Without the settle the cut is taken at once and
+    the chunks sent after it are lost."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from tracehouse.app.embedded import TansuBroker, ensure_topics
+    from tracehouse.app.embedded._processors import EmbeddedProcessors, ProcessorOptions
+    from tracehouse.schemas import Topics, encode_event
+    from tracehouse.schemas.kafka import pack, partition_for, partition_key
+    from tracehouse.storage import StateTable, migrate
+
+    topics = Topics(prefix="tracehouse.")
+    events = Conversations(sessions=40, users=8, seed=11).round(int(time.time() * 1000) - 60 * MIN, turns=(5, 8))
+    lines = [(partition_for(partition_key(e).encode(), range(PARTITIONS)), None, encode_event(e)) for e in events]
+    envelopes = pack(lines, max_lines=5)
+    store = Store(f"chdb://{tmp_path / 'chdb'}")
+    migrate(store)
+
+    async def main(bootstrap: str) -> bool:
+        await ensure_topics(bootstrap, topics, PARTITIONS)
+        options = ProcessorOptions(partitions=PARTITIONS, inactivity_gap_ms=30 * MIN, max_duration_ms=None,
+                                   infer_sessions=False, datadir=str(tmp_path / "sessionizer"))  # fmt: skip
+        processors = EmbeddedProcessors(bootstrap, topics, store, options)
+        await processors.start()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        await producer.start()
+        try:
+            first = 10
+            for env in envelopes[:first]:
+                await (await producer.send(topics.traces, env.value, partition=env.partition, headers=env.headers()))
+            deadline = time.monotonic() + 120
+            while processors.sink is None or len(processors.sink.positions(topics.traces) or {}) < PARTITIONS:
+                assert time.monotonic() < deadline, "the sink never pinned its partitions"
+                await asyncio.sleep(0.1)
+            cutting = asyncio.create_task(processors.stop_at_cut(120, settle_s=120, quiet_s=3.0))
+            await asyncio.sleep(0.2)  # the drain has begun: the rest is sent after it
+            for env in envelopes[first:]:
+                await (await producer.send(topics.traces, env.value, partition=env.partition, headers=env.headers()))
+                await asyncio.sleep(0.02)
+            drained, _ = await cutting
+            return drained
+        finally:
+            await producer.stop()
+
+    try:
+        with TansuBroker(log_path=tmp_path / "tansu.log") as broker:
+            assert asyncio.run(main(broker.bootstrap)) is True
+        assert set(stored_traces(store)) == {e.trace_id for e in events}
+        assert StateTable(store).consistent_ms() is not None
+    finally:
+        store.close()

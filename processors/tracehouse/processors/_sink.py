@@ -118,6 +118,19 @@ class Sink:
             found[p] = max(part.next_offset or 0, state.committed.get((t, p), 0), highwater or 0)
         return found
 
+    def highwaters(self, topic: str) -> dict[int, int]:
+        """Per assigned partition of ``topic`` whose high watermark a fetch has reported: that offset
+        (the end of what the broker held then; a fetch long-polls at most 0.5 s, so within that time of
+        a producer's acknowledgement it shows here)."""
+        state = self._state
+        if state.consumer is None:
+            return {}
+        found: dict[int, int] = {}
+        for (t, p), part in state.parts.items():
+            if t == topic and (highwater := state.consumer.highwater(part.tp)) is not None:
+                found[p] = highwater
+        return found
+
     def hold(self, offsets: Mapping[Partition, int]) -> None:
         """Take no record at or past ``offsets[(topic, partition)]`` from now on: the partition is
         paused there, and what was taken below it is written and committed as usual (a cut, see

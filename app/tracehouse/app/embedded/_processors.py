@@ -16,8 +16,11 @@ Two kinds of drain:
   stop at one offset per ``traces.v1`` partition, taken at once (no await between reading their
   positions and setting the cut): everything the broker held at that moment is stored, the sink and
   the sessionizer have taken exactly the same traces, so the store is consistent, and it takes
-  seconds. What apps wrote past the cut goes with the old broker; the SDKs re-send it to the new one
-  (their replay window, ``producers/_replay.py``).
+  seconds. Before the cut is taken, the broker is given up to :data:`SETTLE_S` to settle (its end
+  offsets unchanged for :data:`QUIET_S`): with the gateway paused, a producer that was finishing a
+  batch (a plain Kafka producer that cannot re-send) lands in the cut, and only writers that keep going
+  (an app's SDK, under sustained load) are cut. What apps wrote past the cut goes with the old broker;
+  the SDKs re-send it to the new one (their replay window, ``producers/_replay.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracehouse.up")
 #: How long the sink must stay caught up, with no new record, for a drain to be complete.
 QUIET_S = 1.0
+#: How long a drain to a cut waits at most for the broker's end offsets to stop moving before it cuts.
+SETTLE_S = 5.0
 T = TypeVar("T")
 
 
@@ -134,9 +139,26 @@ class EmbeddedProcessors:
         worker.hold(cut)
         return cut
 
-    async def stop_at_cut(self, limit_s: float) -> tuple[bool, SinkStats | None]:
+    async def _settle(self, deadline: float, quiet_s: float) -> bool:
+        """Until the broker's end offsets of ``traces.v1`` (the sink's fetch high watermarks) have not
+        moved for ``quiet_s``, or ``deadline`` (monotonic) passes: whether they settled."""
+        sink = self.sink
+        assert sink is not None
+        last, since = sink.highwaters(self.topics.traces), time.monotonic()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            now = sink.highwaters(self.topics.traces)
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return True
+        return False
+
+    async def stop_at_cut(self, limit_s: float, *, settle_s: float = SETTLE_S,
+                          quiet_s: float = QUIET_S) -> tuple[bool, SinkStats | None]:  # fmt: skip
         """Drain to a cut (see the module docstring), stop both, mark the store consistent if drained.
-        Falls back to :meth:`stop` while the sink has not pinned every partition yet."""
+        Falls back to :meth:`stop` while the sink has not pinned every partition yet. The broker may
+        settle for up to ``settle_s`` first (``quiet_s`` without a new record)."""
         import tracehouse.producers as sdk
 
         sink, worker = self.sink, self.sessionizer
@@ -144,10 +166,12 @@ class EmbeddedProcessors:
             return False, None
         await asyncio.to_thread(sdk.flush, 10.0)  # this process's own events: acknowledged before the cut
         deadline = time.monotonic() + limit_s
+        settled = await self._settle(min(deadline, time.monotonic() + settle_s), quiet_s)
         cut = await _poll(self._cut, deadline)
         if cut is None:
             return await self.stop(max(1.0, deadline - time.monotonic()))
-        log.info("draining to the cut %s (offsets of %s)", dict(sorted(cut.items())), self.topics.traces)
+        log.info("draining to the cut %s (offsets of %s%s)", dict(sorted(cut.items())), self.topics.traces,
+                 "" if settled else f"; writes went on for {settle_s:.0f} s, what follows is re-sent by the SDKs")
         committed = sink.committed_offsets
 
         def reached() -> bool:
